@@ -1,0 +1,66 @@
+"""The repository root is a valid ROS 2 ament_cmake package that installs our Python packages."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from catkin_pkg.package import parse_package
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PREFIX = Path(sys.prefix)
+
+
+def test_package_xml_is_valid_format3_ament_cmake() -> None:
+    package = parse_package(str(ROOT / "package.xml"))
+    package.validate()  # raises InvalidPackage with the offending field
+    assert package.name == "video3dllm"
+    assert package.package_format == 3
+    assert package.get_build_type() == "ament_cmake"
+    buildtool = {dep.name for dep in package.buildtool_depends}
+    assert {"ament_cmake", "ament_cmake_python"} <= buildtool
+
+
+def test_versions_agree_between_package_xml_setup_and_core() -> None:
+    import video3dllm_core
+
+    package = parse_package(str(ROOT / "package.xml"))
+    setup_version = re.search(r'version="([^"]+)"', (ROOT / "setup.py").read_text())
+    assert setup_version is not None
+    assert package.version == setup_version.group(1) == video3dllm_core.__version__
+
+
+@pytest.mark.slow
+def test_cmake_configure_build_install(tmp_path: Path) -> None:
+    """Configure and install with ament_cmake from the ROS wheels, as colcon would."""
+    cmake = shutil.which("cmake")
+    assert cmake, "cmake is required to build the ROS package (Debian package 'cmake')"
+    assert (VENV_PREFIX / "share" / "ament_cmake" / "cmake").is_dir(), "ament_cmake wheels missing: pip install -r requirements-dev.txt"
+    build, install = tmp_path / "build", tmp_path / "install"
+    env = dict(os.environ, PATH=f"{VENV_PREFIX / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    configure = subprocess.run(
+        [cmake, "-S", str(ROOT), "-B", str(build), f"-DCMAKE_PREFIX_PATH={VENV_PREFIX}",
+         f"-DCMAKE_INSTALL_PREFIX={install}", f"-DPython3_EXECUTABLE={sys.executable}"],
+        capture_output=True, text=True, env=env,
+    )
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    built = subprocess.run([cmake, "--build", str(build), "--target", "install"], capture_output=True, text=True, env=env)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+
+    assert (install / "share" / "ament_index" / "resource_index" / "packages" / "video3dllm").is_file()
+    assert (install / "share" / "video3dllm" / "package.xml").is_file()
+    site = next(install.glob("lib/python3*/site-packages"))
+    for package in ("video3dllm_core", "video3dllm_ros", "video3dllm_training"):
+        assert (site / package / "__init__.py").is_file(), f"{package} not installed by CMakeLists.txt"
+    # The installed copy imports on its own, under the installed name.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import video3dllm_training, video3dllm_core.frame; print(video3dllm_core.frame.__file__)"],
+        capture_output=True, text=True, env=dict(env, PYTHONPATH=str(site)), cwd=tmp_path,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert Path(probe.stdout.strip()).is_relative_to(site), probe.stdout

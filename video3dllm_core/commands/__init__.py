@@ -1,0 +1,1 @@
+"""Sub-commands of the `video3dllm` CLI (see video3dllm_core.cli)."""
