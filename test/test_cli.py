@@ -1,0 +1,184 @@
+"""The `video3dllm` CLI end to end: synth-scene -> bag-from-scene -> select-frames, demo, error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from video3dllm_core.bag_writer import DEFAULT_STAMP_OFFSET_NS, DEFAULT_T_MAP_WORLD, write_scene_bag
+from video3dllm_core.cli import main
+from video3dllm_core.ingest import FrameIngestor, IngestConfig
+from video3dllm_core.keyframes import CoverageIndex
+from video3dllm_core.sources.posed_images import PosedImagesSource
+from video3dllm_core.sources.rosbag import RosbagSource
+
+VOXEL = 0.1
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "scene"
+    assert main(["synth-scene", str(out), "--seed", "4", "--frames", "14", "--width", "160", "--height", "120"]) == 0
+    return out
+
+
+def run_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict:
+    assert main(argv + ["--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and out.count("\n") == 1  # exactly one JSON document, nothing else on stdout
+    result = json.loads(out)
+    assert isinstance(result, dict)
+    return result
+
+
+def voxel_set(frame, config: IngestConfig) -> set[tuple[int, int, int]]:
+    """Independent voxelisation with the ingest settings: strided pixels, depth window, floor(p / size)."""
+    s = config.coverage_stride_px
+    d = frame.depth_m[::s, ::s].astype(np.float64)
+    vi, ui = np.nonzero((d >= config.coverage_min_depth_m) & (d <= config.coverage_max_depth_m))
+    z = d[vi, ui]
+    K, T = frame.K_depth, frame.T_world_cam
+    cam = np.stack([(ui * s - K[0, 2]) * z / K[0, 0], (vi * s - K[1, 2]) * z / K[1, 1], z], axis=1)
+    world = cam @ T[:3, :3].T + T[:3, 3]
+    return set(map(tuple, np.floor(world / config.voxel_size_m).astype(np.int64).tolist()))
+
+
+def check_against_frames(result: dict, frames: list) -> None:
+    """coverage / voxel counts recomputed from the frames; poses and stamps are the frames' own."""
+    config = IngestConfig(voxel_size_m=result["voxel_size_m"])
+    by_stamp = {int(f.stamp_ns): f for f in frames}
+    sets = {s: voxel_set(f, config) for s, f in by_stamp.items()}
+    everything = set().union(*sets.values())
+    chosen = [r["stamp_ns"] for r in result["frames"]]
+    assert chosen == sorted(chosen)
+    selected = set().union(*(sets[s] for s in chosen))
+    assert result["num_input_frames"] == len(frames)
+    assert result["voxels_total"] == len(everything)
+    assert result["voxels_selected"] == len(selected)
+    assert result["coverage"] == pytest.approx(len(selected) / len(everything), abs=1e-12)
+    for r in result["frames"]:
+        np.testing.assert_allclose(np.array(r["T_world_cam"]), by_stamp[r["stamp_ns"]].T_world_cam, atol=1e-9)
+
+
+def test_select_frames_on_posed_images(scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_json(capsys, ["select-frames", str(scene), "--max-frames", "6"])
+    frames = list(PosedImagesSource(scene))
+    check_against_frames(result, frames)
+    assert len(result["frames"]) == 6 and result["strategy"] == "mc" and result["coverage_ratio"] is None
+    assert [r["name"] for r in result["frames"]] == [frames[r["index"]].name for r in result["frames"]]
+    assert set(result["timing"]) == {"read_s", "voxelize_s", "select_s", "total_s"}
+    assert all(v >= 0 for v in result["timing"].values())
+    # the offline command equals the online index holding every frame
+    index = CoverageIndex(capacity=len(frames))
+    ingestor = FrameIngestor(IngestConfig(voxel_size_m=VOXEL))
+    for f in frames:
+        index.add(ingestor.ingest(f))
+    for strategy, extra in (("mc", []), ("uniform", []), ("mc-ratio90", [])):
+        res = run_json(capsys, ["select-frames", str(scene), "--max-frames", "6", "--strategy", strategy, *extra])
+        sel = index.select(strategy, max_frames=6)
+        assert [r["name"] for r in res["frames"]] == [f.name for f in sel.frames]
+        assert res["voxels_selected"] == sel.voxels_selected and res["voxels_total"] == sel.voxels_total
+
+
+def test_coverage_ratio_stops_early(scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    budget = run_json(capsys, ["select-frames", str(scene), "--max-frames", "14"])
+    ratio = run_json(capsys, ["select-frames", str(scene), "--max-frames", "14", "--coverage", "0.8"])
+    assert ratio["coverage"] >= 0.8 and len(ratio["frames"]) < len(budget["frames"])
+    check_against_frames(ratio, list(PosedImagesSource(scene)))
+    coarse = run_json(capsys, ["select-frames", str(scene), "--voxel-size", "0.25", "--max-frames", "3"])
+    assert coarse["voxel_size_m"] == 0.25 and coarse["voxels_total"] < budget["voxels_total"]
+    check_against_frames(coarse, list(PosedImagesSource(scene)))
+
+
+@pytest.mark.parametrize(
+    "storage,compressed,encoding", [("mcap", False, "16UC1"), ("sqlite3", True, "32FC1"), ("mcap", True, "16UC1")]
+)
+def test_select_frames_on_bag_from_scene(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         storage: str, compressed: bool, encoding: str) -> None:
+    bag = tmp_path / "bag"
+    argv = ["bag-from-scene", str(scene), str(bag), "--storage", storage, "--depth-encoding", encoding]
+    assert main(argv + (["--compressed"] if compressed else [])) == 0
+    capsys.readouterr()
+    result = run_json(capsys, ["select-frames", str(bag), "--max-frames", "6"])
+    assert "rosbag2" in result["source"] and result["dropped"] == {}
+    check_against_frames(result, list(RosbagSource(bag)))
+    # the bag's map frame is the scene frame moved by T_map_world: same cameras, other world frame
+    posed = {f.stamp_ns + DEFAULT_STAMP_OFFSET_NS: f for f in PosedImagesSource(scene)}
+    for r in result["frames"]:
+        assert r["name"] is None
+        np.testing.assert_allclose(np.array(r["T_world_cam"]), DEFAULT_T_MAP_WORLD @ posed[r["stamp_ns"]].T_world_cam,
+                                   atol=1e-9)
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+def test_bag_and_posed_images_select_the_same_frames(scene: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str], encoding: str) -> None:
+    # With map == scene frame the two inputs carry the same depth (millimetres) and the same poses.
+    write_scene_bag(scene, tmp_path / "bag", depth_encoding=encoding, T_map_world=np.eye(4))
+    for strategy in ("mc", "uniform", "mc-ratio95"):
+        a = run_json(capsys, ["select-frames", str(scene), "--max-frames", "5", "--strategy", strategy])
+        b = run_json(capsys, ["select-frames", str(tmp_path / "bag"), "--max-frames", "5", "--strategy", strategy])
+        assert [r["index"] for r in a["frames"]] == [r["index"] for r in b["frames"]]
+        assert [r["stamp_ns"] + DEFAULT_STAMP_OFFSET_NS for r in a["frames"]] == [r["stamp_ns"] for r in b["frames"]]
+        for key in ("voxels_selected", "voxels_total", "num_input_frames"):
+            assert a[key] == b[key]
+
+
+def test_table_output_and_progress_stay_off_stdout_json(scene: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["select-frames", str(scene), "--max-frames", "4", "--strategy", "uniform"]) == 0
+    out = capsys.readouterr().out
+    assert "selected 4 frames covering" in out and "00000" in out and "timing:" in out
+
+
+def test_installed_entry_point_prints_one_json_object(scene: Path) -> None:
+    exe = Path(sys.executable).parent / "video3dllm"
+    proc = subprocess.run([str(exe), "select-frames", str(scene), "--max-frames", "3", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["frames"]) == 3 and proc.stdout.count("\n") == 1
+
+
+def test_error_paths_exit_2_and_name_the_problem(scene: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nothing_here"
+    assert main(["select-frames", str(missing), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "nothing_here" in captured.err and "does not exist" in captured.err
+
+    bag = tmp_path / "bag"
+    write_scene_bag(scene, bag)
+    assert main(["select-frames", str(bag), "--rgb-topic", "/front/rgb", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "rgb topic (--rgb-topic) '/front/rgb' is not in bag" in captured.err
+    assert "/camera/camera/color/image_raw [sensor_msgs/msg/Image" in captured.err
+
+    assert main(["select-frames", str(bag), "--world-frame", "world", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable frame" in err and "no_tf: 14" in err and "'world' does not exist" in err
+
+    assert main(["select-frames", str(scene), "--strategy", "uniform", "--coverage", "0.9"]) == 2
+    assert "coverage_ratio" in capsys.readouterr().err
+    assert main(["select-frames", str(scene), "--rgb-topic", "/x"]) == 2
+    assert "rgb_topic" in capsys.readouterr().err
+
+
+def test_demo_writes_the_birdseye_png_and_prints_every_strategy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--frames", "10", "--width", "160", "--height", "120", "--seed", "2"]) == 0
+    text = capsys.readouterr().out
+    for strategy in ("uniform", "mc", "mc-ratio90", "mc-ratio95"):
+        assert f"\n{strategy} " in text
+    with Image.open(out / "birdseye.png") as png:
+        assert png.format == "PNG" and png.size[0] >= 800
+    summary = json.loads((out / "selection.json").read_text())
+    assert set(summary["selections"]) == {"uniform", "mc", "mc-ratio90", "mc-ratio95"}
+    mc = summary["selections"]["mc-ratio90"]
+    assert mc["coverage"] >= 0.9 and mc["voxels_selected"] / mc["voxels_total"] == pytest.approx(mc["coverage"])
+    assert summary["selections"]["uniform"]["frames"] == [f"{10 * i:05d}" for i in range(10)]
