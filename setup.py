@@ -29,6 +29,14 @@ setup(
     packages=find_packages(include=["video3dllm_core", "video3dllm_core.*", "video3dllm_ros", "video3dllm_ros.*"])
     + training_packages,
     package_dir={"video3dllm_training": "training"},
+    # The embedded default model's config, tokenizer and vision-tower config (no weights; ~60 KB).
+    package_data={"video3dllm_core.default_model": ["*.json", "*.txt", "*/config.json"]},
     install_requires=requirements(),
-    entry_points={"console_scripts": ["video3dllm = video3dllm_core.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "video3dllm = video3dllm_core.cli:main",
+            # The ROS 2 node (needs rclpy); on a ROS machine `ros2 run video3dllm video3dllm_node`.
+            "video3dllm_node = video3dllm_ros.node:main",
+        ]
+    },
 )

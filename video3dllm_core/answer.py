@@ -56,6 +56,10 @@ class Answer:
     warnings: tuple[str, ...] = ()
     error: str | None = None
     cache_hit: bool = False
+    # Grounding: every candidate box of the query with its score (world frame, proposal order);
+    # the chosen ones are also in `objects`. Empty for other tasks.
+    candidates: tuple[GroundedObject, ...] = ()
+    no_object_score: float | None = None  # grounding: score of the learned "no object" target
 
     @property
     def ok(self) -> bool:
@@ -65,9 +69,10 @@ class Answer:
         """JSON-ready dict (answers.jsonl line, service logs)."""
         out = asdict(self)
         out["keyframe_poses"] = [np.asarray(T, dtype=float).tolist() for T in self.keyframe_poses]
-        out["objects"] = [
-            {**asdict(o), "center_xyz": list(map(float, o.center_xyz)), "size_xyz": list(map(float, o.size_xyz))}
-            for o in self.objects
-        ]
+        for key in ("objects", "candidates"):
+            out[key] = [
+                {**asdict(o), "center_xyz": list(map(float, o.center_xyz)), "size_xyz": list(map(float, o.size_xyz))}
+                for o in getattr(self, key)
+            ]
         out["ok"] = self.ok
         return out

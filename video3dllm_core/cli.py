@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "synth-scene": "video3dllm_core.commands.synth_scene",
     "bag-from-scene": "video3dllm_core.commands.bag_from_scene",
     "select-frames": "video3dllm_core.commands.select_frames",
+    "replay": "video3dllm_core.commands.replay",
 }
 
 

@@ -220,3 +220,62 @@ def load_generation_config(folder: str | Path, text_config: Any) -> Any:
     if (root / "generation_config.json").is_file():
         return GenerationConfig.from_pretrained(str(root), local_files_only=True)
     return GenerationConfig.from_model_config(text_config)
+
+
+def save_checkpoint(model: Any, directory: str | Path) -> Path:
+    """Write ``model`` (a :class:`~video3dllm_core.model.modeling.Video3DLLM`) as an upstream checkpoint folder.
+
+    The inverse of ``Video3DLLM.from_pretrained``, like transformers' ``save_pretrained``:
+
+    * ``model.safetensors``: every parameter under its upstream key (:func:`module_key_to_upstream`),
+      in the model's dtype; a tied ``lm_head.weight`` is left out, as upstream does;
+    * ``config.json``: the checkpoint's own config (``model.config.raw``) with ``vocab_size``,
+      ``tie_word_embeddings`` and ``torch_dtype`` updated from the weights;
+    * the vision tower's ``config.json`` in a sub-folder named by ``mm_vision_tower`` (with the
+      encoder layer upstream deletes counted back in), unless the name is a built-in tower config;
+    * ``generation_config.json`` and the tokenizer files when the model has them.
+
+    Returns the folder. Raises CheckpointError when a parameter has no upstream key or the config
+    has no raw config.json dict.
+    """
+    from safetensors.torch import save_file
+
+    from .vision import BUILTIN_TOWER_CONFIGS
+
+    root = Path(directory)
+    raw = dict(getattr(model.config, "raw", None) or {})
+    if not raw:
+        raise CheckpointError("model.config.raw is empty: save_checkpoint needs the config.json dict the model was built from")
+    lm = model.language_model
+    tied = bool(getattr(lm.config, "tie_word_embeddings", False))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        if tied and name == "language_model.lm_head.weight":
+            continue
+        key = module_key_to_upstream(name)
+        if upstream_key_to_module(key) != name:
+            raise CheckpointError(f"parameter {name!r} has no upstream checkpoint key (UPSTREAM_PREFIXES)")
+        tensors[key] = tensor.detach().to("cpu").contiguous()
+    root.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(root / SAFE_SINGLE), metadata={"format": "pt"})
+
+    raw["vocab_size"] = int(lm.get_input_embeddings().weight.shape[0])
+    raw["tie_word_embeddings"] = tied
+    raw["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    tower_name = str(raw.get("mm_vision_tower") or model.config.mm_vision_tower)
+    kept = model.vision_tower.config.to_dict()
+    tower_keys = BUILTIN_TOWER_CONFIGS["google/siglip-so400m-patch14-384"].keys()
+    tower = {k: kept[k] for k in tower_keys if k in kept}
+    tower["num_hidden_layers"] = int(tower["num_hidden_layers"]) + 1  # the layer upstream deletes on load
+    if BUILTIN_TOWER_CONFIGS.get(tower_name) != tower:
+        folder = Path(tower_name).name or "vision_tower"
+        tower["model_type"] = "siglip_vision_model"
+        (root / folder).mkdir(exist_ok=True)
+        (root / folder / "config.json").write_text(json.dumps(tower, indent=2, sort_keys=True) + "\n")
+        raw["mm_vision_tower"] = folder
+    (root / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(root))
+    if getattr(model, "tokenizer", None) is not None:
+        model.tokenizer.save_pretrained(str(root))
+    return root
