@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,16 +170,65 @@ def test_error_paths_exit_2_and_name_the_problem(scene: Path, tmp_path: Path, ca
     assert "rgb_topic" in capsys.readouterr().err
 
 
-def test_demo_writes_the_birdseye_png_and_prints_every_strategy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _iou(a: list[float], b: list[float]) -> float:
+    """Axis-aligned 3D IoU of (center, size) boxes from per-axis interval overlaps."""
+    inter = 1.0
+    for k in range(3):
+        lo = max(a[k] - a[k + 3] / 2, b[k] - b[k + 3] / 2)
+        hi = min(a[k] + a[k + 3] / 2, b[k] + b[k + 3] / 2)
+        inter *= max(hi - lo, 0.0)
+    union = np.prod(a[3:]) + np.prod(b[3:]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.slow  # 5-15 s: seven queries with the embedded default model
+def test_demo_answers_every_task_next_to_the_truth_and_writes_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from video3dllm_core.commands.demo import T_MAP_WORLD_XYZ
+    from video3dllm_core.report import read_jsonl
+    from video3dllm_core.synthetic import make_scene
+
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--frames", "10", "--width", "160", "--height", "120", "--seed", "2"]) == 0
+    frames = 8
+    assert main(["demo", "--out", str(out), "--frames", str(frames), "--width", "128", "--height", "96", "--seed", "2"]) == 0
     text = capsys.readouterr().out
-    for strategy in ("uniform", "mc", "mc-ratio90", "mc-ratio95"):
-        assert f"\n{strategy} " in text
-    with Image.open(out / "birdseye.png") as png:
-        assert png.format == "PNG" and png.size[0] >= 800
-    summary = json.loads((out / "selection.json").read_text())
-    assert set(summary["selections"]) == {"uniform", "mc", "mc-ratio90", "mc-ratio95"}
-    mc = summary["selections"]["mc-ratio90"]
-    assert mc["coverage"] >= 0.9 and mc["voxels_selected"] / mc["voxels_total"] == pytest.approx(mc["coverage"])
-    assert summary["selections"]["uniform"]["frames"] == [f"{10 * i:05d}" for i in range(10)]
+    assert text.startswith("NOTE: the embedded default model is not trained")
+    tasks = re.findall(r"^Q\d \[(\w+)\]", text, flags=re.MULTILINE)
+    assert tasks == ["ground", "ground", "ground_multi", "qa", "situated_qa", "caption", "ground"]  # Q6 auto -> ground
+    assert "truth: " in text and "expected words: " in text and "\nkeyframes: " in text
+
+    shift = np.asarray(T_MAP_WORLD_XYZ)
+    objects = {f"{o.colour} {o.label}": o for o in make_scene(2).objects}
+    rows = read_jsonl(out / "answers.jsonl")
+    assert [r["index"] for r in rows] == list(range(7))
+    assert {r["requested_task"] for r in rows} == {"ground", "ground_multi", "qa", "situated_qa", "caption", "auto"}
+    half = (frames - 1) / 3 / 2  # frames are 1/3 s apart; the first question is asked half-way
+    assert rows[0]["at_s"] == pytest.approx(half, abs=1e-3)
+    assert rows[0]["frames_seen"] == sum(1 for i in range(frames) if i / 3 <= rows[0]["at_s"]) == 4
+    assert all(r["frames_seen"] == frames for r in rows[1:])
+    for row in rows:
+        for gt in row["ground_truth"]:  # truth boxes are the scene's own, moved into the map frame
+            obj = objects[gt["label"]]
+            assert gt["center_xyz"] == pytest.approx(list(np.asarray(obj.center) + shift))
+            assert gt["size_xyz"] == pytest.approx(list(obj.size))
+        for pred in row["objects"]:
+            best = max(_iou(pred["center_xyz"] + pred["size_xyz"], g["center_xyz"] + g["size_xyz"]) for g in row["ground_truth"])
+            assert pred["iou"] == pytest.approx(best, abs=1e-9)
+    caption = rows[5]
+    assert caption["task"] == "caption" and caption["target"] == pytest.approx(caption["ground_truth"][0]["center_xyz"])
+    assert rows[3]["expected_text"] == objects[caption["ground_truth"][0]["label"]].colour  # "what color is" c
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"]["read"] == frames and summary["world_frame"] == "map"
+    page = (out / "report.html").read_text()
+    assert "not trained" in page
+    for png in ("birdseye.png", "coverage.png", "latency.png"):
+        assert f"src='{png}'" in page
+        with Image.open(out / png) as image:
+            assert image.format == "PNG"
+
+
+def test_demo_rejects_too_few_frames(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--frames", "1"]) == 2
+    assert "--frames must be at least 2" in capsys.readouterr().err

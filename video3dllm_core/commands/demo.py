@@ -1,182 +1,180 @@
-"""`video3dllm demo`: a synthetic room streamed through ingest + keyframe selection, with a picture.
+"""`video3dllm demo`: a synthetic room streamed through the scene engine, questioned, and reported.
 
-Renders a seeded synthetic scene (`video3dllm_core.synthetic`), feeds the frames one by one to
-the online path (`FrameIngestor` -> `CoverageIndex`, exactly what the ROS node does with a live
-stream), then asks the index for keyframes with every upstream strategy (uniform, mc,
-mc-ratio90, mc-ratio95) and prints frames, coverage and timing per strategy. Writes to --out:
+Renders a seeded synthetic room (`video3dllm_core.synthetic`: exact depth, poses and object
+boxes), places it in a robot-like `map` frame 20 m from the origin (a pure translation, so the
+axis-aligned ground-truth boxes stay axis-aligned), streams the frames one by one into
+`SceneEngine` exactly as `video3dllm replay` does with a recording, and asks one question of
+every task type built from the scene's own objects (ground, ground_multi, qa, situated_qa,
+caption with the target at an object's centre, and an "auto" one). One grounding question is
+asked half-way through the stream as well, to show what the engine knows at that moment.
 
-    birdseye.png     top view of the fused scene points, object boxes, the camera path and,
-                     per strategy, the selected keyframes with their viewing directions
-    selection.json   the selections (frame names, stamps, coverage, timing)
+Each answer is printed with its boxes next to the ground-truth box (and their 3D IoU) or the
+expected text, followed by the keyframe selection; the replay report (answers.jsonl,
+summary.json, report.html + PNGs) goes to --out.
 
-A later issue makes the demo answer questions with the embedded default model.
+With the embedded default model (no --model) the answers are meaningless: that model is not
+trained. The demo then shows the machinery (streaming, keyframes, scene frame, proposals,
+grounding head, timings), not accuracy; pass a trained checkpoint with --model for real answers.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HELP = "render a synthetic scene, stream it through ingest + keyframe selection, plot the result"
-STRATEGIES = ("uniform", "mc", "mc-ratio90", "mc-ratio95")
-POINT_STRIDE_PX = 8  # pixels between plotted points (each axis)
-MAX_PLOT_POINTS = 60_000
-FLOOR_CUT_M = 0.03  # points below this height (the floor) are left out of the top view
+HELP = "render a synthetic room, stream it through the scene engine, ask questions, write a report"
+# Where the synthetic room sits in the robot's map: far from the origin, like a real map.
+T_MAP_WORLD_XYZ = (20.0, -12.0, 0.0)
+UNTRAINED_NOTE = (
+    "NOTE: the embedded default model is not trained (no trained checkpoint ships yet), so its answers "
+    "and boxes are meaningless. The demo shows the pipeline, keyframes and timings; pass --model PATH "
+    "with a trained Video-3D LLM checkpoint for real answers."
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("demo", help=HELP, description=HELP)
     p.add_argument("--out", default="video3dllm_demo_out", help="output directory (default ./video3dllm_demo_out)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
-    p.add_argument("--frames", type=int, default=60, help="frames along the camera loop (default 60)")
-    p.add_argument("--max-frames", type=int, default=32, help="keyframe budget (default 32, as upstream)")
+    p.add_argument("--frames", type=int, default=40, help="frames along the camera loop (default 40)")
+    p.add_argument("--model", default=None, help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--width", type=int, default=640, help="image width (default 640)")
     p.add_argument("--height", type=int, default=480, help="image height (default 480)")
 
 
-def _scene_points(frame: Any) -> tuple[np.ndarray, np.ndarray]:
-    """World points and colours of every POINT_STRIDE_PX-th pixel with valid depth."""
-    from video3dllm_core.geometry import apply_transform, backproject_pixels
-
-    s = POINT_STRIDE_PX
-    v, u = np.mgrid[0 : frame.depth_m.shape[0] : s, 0 : frame.depth_m.shape[1] : s]
-    z = frame.depth_m[v, u]
-    valid = np.isfinite(z) & (z > 0)
-    u, v, z = u[valid], v[valid], z[valid]
-    x, y, z = backproject_pixels(u, v, z, frame.K_depth)
-    points = apply_transform(frame.T_world_cam, np.stack([x, y, z], axis=-1))
-    # colour may be larger than depth (same field of view): sample it at the scaled pixel
-    sy = frame.rgb.shape[0] / frame.depth_m.shape[0]
-    sx = frame.rgb.shape[1] / frame.depth_m.shape[1]
-    colours = frame.rgb[(v * sy).astype(int), (u * sx).astype(int)]
-    return points, colours
+def _name(obj: Any) -> str:
+    return f"{obj.colour} {obj.label}"
 
 
-def plot_birdseye(
-    path: Path, points: np.ndarray, colours: np.ndarray, poses: np.ndarray, names: list[str | None],
-    selections: dict[str, Any], objects: list[Any], title: str,
-) -> None:
-    """One top-view panel per strategy: scene points, object footprints, camera path, keyframes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+def _truth(obj: Any, shift: np.ndarray) -> dict[str, Any]:
+    return {
+        "label": _name(obj),
+        "center_xyz": [float(v) for v in np.asarray(obj.center) + shift],
+        "size_xyz": [float(v) for v in obj.size],
+    }
 
-    fig = Figure(figsize=(12, 11), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 2).ravel()
-    positions = poses[:, :3, 3]
-    forward = poses[:, :3, 2]  # optical z axis in the world
-    extent = np.concatenate([points[:, :2], positions[:, :2]])
-    lo, hi = extent.min(axis=0) - 0.3, extent.max(axis=0) + 0.3
-    index_of = {n: i for i, n in enumerate(names)}
-    for ax, (strategy, sel) in zip(axes, selections.items()):
-        ax.scatter(points[:, 0], points[:, 1], c=colours / 255.0, s=1.0, linewidths=0, rasterized=True)
-        for obj in objects:
-            (cx, cy, _), (sx, sy, _) = obj.center, obj.size
-            ax.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=0.8, ec="black"))
-            ax.text(cx, cy, f"{obj.colour} {obj.label}", fontsize=6, ha="center", va="center")
-        ax.plot(positions[:, 0], positions[:, 1], "-", color="0.6", lw=0.8)
-        ax.plot(positions[:, 0], positions[:, 1], ".", color="0.45", ms=3)
-        picked = [index_of[f.name] for f in sel.frames]
-        ax.quiver(
-            positions[picked, 0], positions[picked, 1], forward[picked, 0], forward[picked, 1],
-            color="red", angles="xy", scale_units="xy", scale=2.5, width=0.004,
-        )
-        ax.plot(positions[picked, 0], positions[picked, 1], "o", color="red", ms=4)
-        ax.set_title(f"{strategy}: {len(sel)} keyframes, coverage {sel.coverage:.1%}", fontsize=10)
-        ax.set_xlim(lo[0], hi[0])
-        ax.set_ylim(lo[1], hi[1])
-        ax.set_aspect("equal")
-        ax.set_xlabel("x [m]")
-        ax.set_ylabel("y [m]")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
+
+def demo_queries(objects: list[Any], shift: np.ndarray, mid_s: float) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+    """Questions of every task built from the scene's objects, and the truth of each (by index).
+
+    Truth: {"boxes": [...]} for grounding and captioning (the object meant), {"text": ...} for
+    the expected answer words.
+    """
+    from video3dllm_core.queries import QuerySpec
+
+    a, b, c = objects[0], objects[1 % len(objects)], objects[2 % len(objects)]
+    target = tuple(float(v) for v in np.asarray(c.center) + shift)
+    specs = [
+        QuerySpec(0, f"Where is the {_name(a)}?", "ground", at_s=mid_s),
+        QuerySpec(1, f"Where is the {_name(a)}?", "ground"),
+        QuerySpec(2, f"Find every {b.colour} object in the room.", "ground_multi"),
+        QuerySpec(3, f"What color is the {c.label}?", "qa"),
+        QuerySpec(4, f"What color is the {b.label}?", "situated_qa", situation=f"I am standing next to the {_name(a)}."),
+        QuerySpec(5, "Describe the object at this location.", "caption", target_xyz=target),  # type: ignore[arg-type]
+        QuerySpec(6, f"Where is the {c.label}?", "auto"),
+    ]
+    truth: dict[int, dict[str, Any]] = {
+        0: {"boxes": [_truth(a, shift)]},
+        1: {"boxes": [_truth(a, shift)]},
+        2: {"boxes": [_truth(o, shift) for o in objects if o.colour == b.colour]},
+        3: {"text": c.colour},
+        4: {"text": b.colour},
+        5: {"boxes": [_truth(c, shift)], "text": _name(c)},
+        6: {"boxes": [_truth(c, shift)]},
+    }
+    return specs, truth
+
+
+def add_truth(row: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
+    """The answers.jsonl row with `ground_truth` boxes, `expected_text` and each object's best IoU."""
+    from video3dllm_core.geometry import box_iou_3d
+
+    row = dict(row)
+    boxes = truth.get("boxes", [])
+    row["ground_truth"] = boxes
+    row["expected_text"] = truth.get("text")
+    if boxes:
+        gt = np.array([b["center_xyz"] + b["size_xyz"] for b in boxes], dtype=np.float64)
+        objects = []
+        for obj in row["objects"]:
+            pred = np.array(obj["center_xyz"] + obj["size_xyz"], dtype=np.float64)
+            objects.append({**obj, "iou": float(box_iou_3d(pred[None], gt).max())})
+        row["objects"] = objects
+    return row
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    from video3dllm_core.commands.replay import print_answer
+
+    print_answer(row)
+    for gt in row.get("ground_truth") or []:
+        c, s = gt["center_xyz"], gt["size_xyz"]
+        print(f"   truth: {gt['label']} centre ({c[0]:.2f}, {c[1]:.2f}, {c[2]:.2f}) size ({s[0]:.2f}, {s[1]:.2f}, {s[2]:.2f})")
+    if row.get("expected_text"):
+        print(f"   expected words: {row['expected_text']!r}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from video3dllm_core.ingest import FrameIngestor, IngestConfig
-    from video3dllm_core.keyframes import CoverageIndex
+    from video3dllm_core.commands.replay import load_engine
+    from video3dllm_core.replay import build_summary, replay, write_outputs
     from video3dllm_core.synthetic import make_scene, render_frames
 
-    if args.frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {args.frames}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    if args.frames < 2:
+        raise ValueError(f"--frames must be at least 2, got {args.frames}")
+    if args.model is None:
+        print(UNTRAINED_NOTE)
+        print()
+    t_start = time.perf_counter()
     spec = make_scene(args.seed)
-    frames = render_frames(spec, args.frames, args.width, args.height)
-    t_render = time.perf_counter() - t0
-
-    ingestor = FrameIngestor(IngestConfig())
-    index = CoverageIndex(capacity=max(256, args.frames))
-    point_chunks, colour_chunks = [], []
-    t0 = time.perf_counter()
-    for frame in frames:  # the online path: one frame at a time, raw images dropped after ingest
-        index.add(ingestor.ingest(frame))
-        pts, cols = _scene_points(frame)
-        point_chunks.append(pts)
-        colour_chunks.append(cols)
-    t_ingest = time.perf_counter() - t0
-
-    selections = {s: index.select(s, max_frames=args.max_frames) for s in STRATEGIES}
-    labels = ", ".join(f"{o.colour} {o.label}" for o in spec.objects)
+    shift = np.asarray(T_MAP_WORLD_XYZ, dtype=np.float64)
+    T_map_world = np.eye(4)
+    T_map_world[:3, 3] = shift
+    frames = [
+        dataclasses.replace(f, T_world_cam=T_map_world @ f.T_world_cam)
+        for f in render_frames(spec, args.frames, args.width, args.height)
+    ]
+    t_render = time.perf_counter() - t_start
+    objects = [o for o in spec.objects if o.placement == "floor"]
     lx, ly, lz = spec.room_size
-    print(f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room with {labels}")
     print(
-        f"{len(frames)} frames {args.width}x{args.height}: rendered in {t_render:.2f} s, ingested in {t_ingest:.2f} s "
-        f"({t_ingest / len(frames) * 1e3:.1f} ms/frame); {index.voxels_total} voxels of "
-        f"{ingestor.config.voxel_size_m:g} m seen"
+        f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room at map ({shift[0]:.0f}, {shift[1]:.0f}) with "
+        + ", ".join(_name(o) for o in objects)
     )
-    print()
-    print(f"{'strategy':<11} {'frames':>6} {'coverage':>9} {'voxels':>13} {'select':>9}  keyframes")
-    for strategy, sel in selections.items():
-        names = " ".join(f.name or "?" for f in sel.frames)
-        print(
-            f"{strategy:<11} {len(sel):>6} {sel.coverage:>9.1%} {sel.voxels_selected:>6}/{sel.voxels_total:<6} "
-            f"{sel.timing_ms:>7.2f} ms  {names}"
-        )
+    print(f"rendered {len(frames)} frames {args.width}x{args.height} in {t_render:.2f} s")
 
-    points = np.concatenate(point_chunks)
-    colours = np.concatenate(colour_chunks)
-    above_floor = points[:, 2] > FLOOR_CUT_M  # the floor would hide everything in a top view
-    points, colours = points[above_floor], colours[above_floor]
-    if len(points) > MAX_PLOT_POINTS:
-        keep = np.random.default_rng(0).choice(len(points), MAX_PLOT_POINTS, replace=False)
-        points, colours = points[keep], colours[keep]
-    order = np.argsort(points[:, 2])  # higher points drawn last, as seen from above
-    points, colours = points[order], colours[order]
-    poses = np.stack([f.T_world_cam for f in frames])
-    png = out / "birdseye.png"
     t0 = time.perf_counter()
-    plot_birdseye(
-        png, points, colours, poses, [f.name for f in frames], selections, list(spec.objects),
-        f"video3dllm demo: synthetic scene seed {args.seed}, {len(frames)} frames",
-    )
-    t_plot = time.perf_counter() - t0
-    summary = {
-        "seed": args.seed,
-        "num_frames": len(frames),
-        "voxels_total": index.voxels_total,
-        "timing_s": {"render": t_render, "ingest": t_ingest, "plot": t_plot},
-        "selections": {
-            s: {
-                "frames": [f.name for f in sel.frames],
-                "stamps_ns": [int(f.stamp_ns) for f in sel.frames],
-                "coverage": sel.coverage,
-                "voxels_selected": sel.voxels_selected,
-                "voxels_total": sel.voxels_total,
-                "select_ms": sel.timing_ms,
-            }
-            for s, sel in selections.items()
-        },
-    }
-    (out / "selection.json").write_text(json.dumps(summary, indent=2))
+    engine = load_engine(args, args.model)
+    t_load = time.perf_counter() - t0
+    print(f"loaded the {'embedded default' if args.model is None else args.model} model in {t_load:.2f} s")
+    duration_s = (frames[-1].stamp_ns - frames[0].stamp_ns) / 1e9
+    queries, truth = demo_queries(objects, shift, mid_s=round(duration_s / 2, 3))
+    result = replay(frames, engine, queries, rate="max")
+    summary = build_summary(result, engine, f"synthetic scene seed {args.seed} ({len(frames)} frames)", {}, "map")
+    rows = [add_truth(r.to_dict(), truth[r.spec.index]) for r in result.records]
     print()
-    print(f"wrote {png} and {out / 'selection.json'}")
+    for row in rows:
+        _print_row(row)
+    print()
+
+    names = {int(f.stamp_ns): f.name for f in frames}
+    stats = engine.stats()
+    keyframes = engine.keyframe_poses()
+    cfg = getattr(engine, "config", None)
+    print(
+        f"keyframes: {len(keyframes)} of {stats.pool_size} pooled frames "
+        f"(strategy {getattr(cfg, 'strategy', '?')}, budget {getattr(cfg, 'max_frames', '?')}), "
+        f"coverage {stats.last_coverage:.1%} of {stats.voxels_total} voxels: "
+        + " ".join(str(names.get(int(s), s)) for s, _ in keyframes)
+    )
+    from video3dllm_core.commands.replay import print_summary
+
+    print_summary(summary)
+    notes = [UNTRAINED_NOTE] if args.model is None else []
+    files = write_outputs(args.out, result, engine, summary, rows, title=f"video3dllm demo: synthetic scene seed {args.seed}",
+                          notes=notes)
+    print(f"wrote {', '.join(str(p) for p in files.values())} in {time.perf_counter() - t_start:.1f} s")
     return 0

@@ -1,0 +1,154 @@
+"""Report outputs from hand-made answers: files written, HTML links, latency statistics, markers bag read back."""
+
+from __future__ import annotations
+
+import re
+from itertools import combinations, product
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rosbags.highlevel import AnyReader
+
+from video3dllm_core.answer import Answer, GroundedObject, Timings
+from video3dllm_core.report import (
+    MARKER_NS_BOX,
+    MARKER_NS_LABEL,
+    box_edge_points,
+    latency_stats,
+    read_jsonl,
+    write_jsonl,
+    write_markers_bag,
+    write_report,
+)
+
+ORIGIN_NS = 1_700_000_000 * 1_000_000_000
+
+
+def make_rows() -> list[dict]:
+    """Answers of three tasks (one grounding two boxes) and one failure, as answers.jsonl rows."""
+    pose = np.eye(4)
+    pose[:3, 3] = (20.0, -12.0, 1.4)
+    answers = [
+        Answer("Where is the <red> chair?", "ground", "", (GroundedObject((21.0, -11.0, 0.45), (0.5, 0.5, 0.9), 0.8, "chair", 2),),
+               (1, 2), (pose, pose), 0.91, Timings(0.002, 0.30, 0.05, 0.40, 0.0, 0.01, 0.80)),
+        Answer("Find all boxes.", "ground_multi", "", (
+            GroundedObject((19.0, -13.0, 0.2), (0.4, 0.4, 0.4), 0.6, "", 0),
+            GroundedObject((22.0, -10.5, 0.2), (0.3, 0.3, 0.4), 0.5, "", 1),
+        ), (1,), (pose,), 0.5, Timings(0.001, 0.10, 0.05, 0.20, 0.0, 0.02, 0.40)),
+        Answer("What colour is the sofa?", "qa", "blue", (), (1, 2, 3), (pose, pose, pose), 0.95,
+               Timings(0.003, 0.20, 0.0, 0.30, 0.50, 0.0, 1.00)),
+        Answer("Describe this.", "caption", error="caption needs a target_xyz"),
+    ]
+    rows = []
+    for i, a in enumerate(answers):
+        row = a.to_dict()
+        row.update(index=i, at_s=None if i else 0.5, asked_at_s=0.5 if i == 0 else 3.0,
+                   stamp_ns=ORIGIN_NS + (500_000_000 if i == 0 else 3_000_000_000), frames_seen=4 + 6 * bool(i),
+                   latency_s=a.timings.total_s + 0.01, requested_task="auto", target=None, situation=None)
+        rows.append(row)
+    return rows
+
+
+def summary_for(rows: list[dict]) -> dict:
+    return {
+        "source": "hand-made",
+        "rate": "max",
+        "frames": {"read": 10, "added": 9, "dropped_by_source": {"no_tf": 1}, "dropped_by_engine": {"depth_m": 1},
+                   "duration_s": 3.0},
+        "ingest": {"rate_fps": 50.0, "stream_rate_fps": 40.0, "max_lag_s": None},
+        "queries": {"ok": 3, "failed": 1},
+        "latency_s": latency_stats(rows),
+        "memory": {"max_rss_bytes": 2**30, "pool_bytes": 2**22, "pool_bytes_peak": 2**23},
+        "coverage_series": {"t_s": [0.0, 1.0, 2.0, 3.0], "frames": [1, 4, 7, 9], "voxels": [100, 300, 450, 500]},
+        "wall_s": 5.0,
+    }
+
+
+def test_box_edges_are_the_twelve_edges_of_the_box() -> None:
+    center, size = np.array([1.0, -2.0, 0.5]), np.array([0.4, 0.6, 1.0])
+    pts = box_edge_points(center, size)
+    assert pts.shape == (24, 3)
+    corners = {tuple(center + np.array(sign) * size / 2) for sign in product((-1, 1), repeat=3)}
+    assert {tuple(p) for p in pts} == corners
+    edges = {frozenset((tuple(a), tuple(b))) for a, b in zip(pts[0::2], pts[1::2])}
+    # independently: the box edges are the corner pairs that differ along exactly one axis
+    expected = {frozenset((a, b)) for a, b in combinations(corners, 2) if np.count_nonzero(np.subtract(a, b)) == 1}
+    assert edges == expected and len(edges) == 12
+
+
+def test_latency_stats_per_stage_over_successful_queries() -> None:
+    rows = make_rows()
+    stats = latency_stats(rows)
+    totals = [0.80, 0.40, 1.00]  # the failed caption (all zeros) does not count
+    assert stats["total_s"]["n"] == 3
+    assert stats["total_s"]["p50"] == pytest.approx(0.80)
+    assert stats["total_s"]["p90"] == pytest.approx(np.percentile(totals, 90))
+    assert stats["total_s"]["max"] == pytest.approx(1.00)
+    # decode ran only for the qa answer; proposals for the two grounding ones
+    assert stats["decode_s"] == {"p50": 0.5, "p90": 0.5, "max": 0.5, "n": 1}
+    assert stats["proposals_s"]["n"] == 2
+    assert stats["end_to_end_s"]["max"] == pytest.approx(1.01)
+    assert latency_stats([rows[3]]) == {}
+
+
+def test_report_files_and_html_links(tmp_path: Path) -> None:
+    rows = make_rows()
+    rows[0]["ground_truth"] = [{"label": "red chair", "center_xyz": [21.0, -11.1, 0.45], "size_xyz": [0.5, 0.5, 0.9]}]
+    rows[0]["objects"][0]["iou"] = 0.8
+    points = np.random.default_rng(0).uniform((18, -14, 0), (23, -9, 2.5), (3000, 3)).astype(np.float32)
+    poses = [np.asarray(p) for p in rows[2]["keyframe_poses"]]
+    files = write_report(tmp_path / "out", rows, summary_for(rows), points, poses, title="test <report>",
+                         notes=["untrained model"])
+    assert set(files) == {"birdseye", "coverage", "latency", "html"}
+    page = files["html"].read_text()
+    links = re.findall(r"<img src='([^']+)'", page)
+    assert sorted(links) == ["birdseye.png", "coverage.png", "latency.png"]
+    for link in links:  # relative links to PNGs that exist next to the page
+        with Image.open(files["html"].parent / link) as png:
+            assert png.format == "PNG" and png.size[0] >= 600
+    # escaped text, every question, the error, the note and the truth
+    assert "test &lt;report&gt;" in page and "Where is the &lt;red&gt; chair?" in page
+    for row in rows[1:]:
+        assert row["question"] in page
+    assert "caption needs a target_xyz" in page and "untrained model" in page and "IoU 0.80" in page
+    assert "truth red chair" in page
+    assert page.count("<tr>") == 1 + 12 + 1 + 4 + 1 + len(latency_stats(rows))  # run + answers + latency tables
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    rows = make_rows()
+    rows[0]["numpy_value"] = np.float32(0.5)
+    path = write_jsonl(tmp_path / "answers.jsonl", rows)
+    back = read_jsonl(path)
+    assert len(path.read_text().splitlines()) == 4
+    assert back[0]["numpy_value"] == 0.5 and back[1]["objects"][1]["center_xyz"] == [22.0, -10.5, 0.2]
+    assert back[3]["ok"] is False and back[3]["error"] == "caption needs a target_xyz"
+
+
+def test_markers_bag_reads_back(tmp_path: Path) -> None:
+    rows = make_rows()
+    bag = tmp_path / "markers"
+    assert write_markers_bag(bag, rows, "map") == 2  # two answers have objects
+    with AnyReader([bag]) as reader:
+        assert [c.msgtype for c in reader.connections] == ["visualization_msgs/msg/MarkerArray"]
+        messages = [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
+    assert [t for t, _ in messages] == [rows[0]["stamp_ns"], rows[1]["stamp_ns"]]
+    assert [len(m.markers) for _, m in messages] == [2, 4]
+    ids = [mk.id for _, m in messages for mk in m.markers]
+    assert len(set(ids)) == len(ids)  # never replace each other
+    for (stamp, msg), row in zip(messages, rows):
+        for k, obj in enumerate(row["objects"]):
+            box, label = msg.markers[2 * k], msg.markers[2 * k + 1]
+            assert box.header.frame_id == "map" and box.ns == MARKER_NS_BOX and box.type == box.LINE_LIST
+            assert box.header.stamp.sec * 10**9 + box.header.stamp.nanosec == stamp
+            got = np.array([[p.x, p.y, p.z] for p in box.points])
+            np.testing.assert_allclose(got, box_edge_points(obj["center_xyz"], obj["size_xyz"]))
+            assert label.ns == MARKER_NS_LABEL and label.type == label.TEXT_VIEW_FACING
+            assert label.text.startswith(f"Q{row['index']}: ")
+            top = obj["center_xyz"][2] + obj["size_xyz"][2] / 2
+            assert label.pose.position.z > top
+    assert "chair (0.80)" in messages[0][1].markers[1].text
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_markers_bag(bag, rows, "map")
