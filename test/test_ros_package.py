@@ -23,7 +23,22 @@ def test_package_xml_is_valid_format3_ament_cmake() -> None:
     assert package.package_format == 3
     assert package.get_build_type() == "ament_cmake"
     buildtool = {dep.name for dep in package.buildtool_depends}
-    assert {"ament_cmake", "ament_cmake_python"} <= buildtool
+    assert {"ament_cmake", "ament_cmake_python", "rosidl_default_generators"} <= buildtool
+
+
+def test_package_xml_declares_the_node_and_interface_dependencies() -> None:
+    """Every ROS package the node or the interfaces use at run time is declared (rosdep installs them)."""
+    package = parse_package(str(ROOT / "package.xml"))
+    build = {dep.name for dep in package.build_depends}
+    run = {dep.name for dep in package.exec_depends}
+    interface_deps = {"builtin_interfaces", "std_msgs", "geometry_msgs", "vision_msgs"}
+    assert interface_deps <= build and interface_deps <= run  # <depend>: needed to generate and to use
+    assert {
+        "rclpy", "sensor_msgs", "visualization_msgs", "std_srvs", "diagnostic_msgs", "tf2_ros", "tf2_msgs",
+        "message_filters", "launch", "launch_ros", "rosidl_default_runtime",
+    } <= run
+    assert "cv_bridge" not in run | build, "images are decoded by video3dllm_core.image_codec; cv_bridge is unused"
+    assert [group.name for group in package.member_of_groups] == ["rosidl_interface_packages"]
 
 
 def test_versions_agree_between_package_xml_setup_and_core() -> None:
@@ -43,9 +58,12 @@ def test_cmake_configure_build_install(tmp_path: Path) -> None:
     assert (VENV_PREFIX / "share" / "ament_cmake" / "cmake").is_dir(), "ament_cmake wheels missing: pip install -r requirements-dev.txt"
     build, install = tmp_path / "build", tmp_path / "install"
     env = dict(os.environ, PATH=f"{VENV_PREFIX / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    # Interfaces OFF: they need vision_msgs, which has no wheel. The interfaces-ON build (against a
+    # vision_msgs stand-in) is test_ros_built_interfaces.py.
     configure = subprocess.run(
         [cmake, "-S", str(ROOT), "-B", str(build), f"-DCMAKE_PREFIX_PATH={VENV_PREFIX}",
-         f"-DCMAKE_INSTALL_PREFIX={install}", f"-DPython3_EXECUTABLE={sys.executable}"],
+         f"-DCMAKE_INSTALL_PREFIX={install}", f"-DPython3_EXECUTABLE={sys.executable}",
+         "-DVIDEO3DLLM_BUILD_INTERFACES=OFF"],
         capture_output=True, text=True, env=env,
     )
     assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
@@ -54,6 +72,10 @@ def test_cmake_configure_build_install(tmp_path: Path) -> None:
 
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / "video3dllm").is_file()
     assert (install / "share" / "video3dllm" / "package.xml").is_file()
+    node = install / "lib" / "video3dllm" / "video3dllm_node"
+    assert node.is_file() and os.access(node, os.X_OK), "node executable not installed to lib/video3dllm"
+    for rel in ("config/video3dllm.yaml", "launch/video3dllm.launch.py", "rviz/video3dllm.rviz"):
+        assert (install / "share" / "video3dllm" / rel).is_file(), f"{rel} not installed"
     site = next(install.glob("lib/python3*/site-packages"))
     for package in ("video3dllm_core", "video3dllm_ros", "video3dllm_training"):
         assert (site / package / "__init__.py").is_file(), f"{package} not installed by CMakeLists.txt"
