@@ -17,6 +17,10 @@ COMMANDS: dict[str, str] = {
     "synth-scene": "video3dllm_core.commands.synth_scene",
     "bag-from-scene": "video3dllm_core.commands.bag_from_scene",
     "select-frames": "video3dllm_core.commands.select_frames",
+    "prepare": "video3dllm_core.commands.prepare",
+    "train": "video3dllm_core.commands.train",
+    "eval": "video3dllm_core.commands.evaluate",
+    "make-benchmark": "video3dllm_core.commands.make_benchmark",
     "replay": "video3dllm_core.commands.replay",
 }
 

@@ -1,0 +1,91 @@
+"""`video3dllm eval` machinery: resumable answers, ScanQA question grouping, prefix reuse = full path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from video3dllm_core.model import Video3DLLM, select_scanrefer
+from video3dllm_core.model.prompts import Task, build_input_ids, human_turn
+from video3dllm_training.data import SceneStore
+from video3dllm_training.data.annotations import parse_annotation
+from video3dllm_training.evaluate import EvalConfig, evaluate, read_answers, unique_questions
+from video3dllm_training.synthetic_benchmark import make_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+CKPT = REPO / "test" / "fixtures" / "reference_parity" / "checkpoint"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "b"
+    make_benchmark(out, scenes=2, seed=4, frames_per_scene=4, width=64, height=48, val_fraction=0.5)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model() -> Video3DLLM:
+    return Video3DLLM.from_pretrained(CKPT, device="cpu", dtype=torch.float32)
+
+
+def _cfg(bench: Path, task: str, answers: Path, **kw: Any) -> EvalConfig:
+    stem = {"scanrefer": "scanrefer_vg"}.get(task, task)
+    base: dict[str, Any] = dict(task=task, model=str(CKPT), annotations=str(bench / "processed" / f"{stem}_val_llava_style.json"),
+                                posed_images=str(bench / "posed_images"), answers=str(answers),
+                                boxes=str(bench / "metadata" / "scannet_val_pred_box.json"), frames_upbound=2,
+                                max_new_tokens=3, meteor=False, progress=False)
+    base.update(kw)
+    return EvalConfig(**base)
+
+
+def test_answers_resume_and_survive_a_torn_last_line(bench: Path, model: Video3DLLM, tmp_path: Path) -> None:
+    answers = tmp_path / "a" / "sqa3d.jsonl"
+    first = evaluate(_cfg(bench, "sqa3d", answers, limit=2), model=model)
+    assert (first.answered, first.skipped, first.total) == (2, 0, 2)
+    with open(answers, "a") as f:
+        f.write('{"sample_id": "torn by a crash')
+    assert len(read_answers(answers)) == 2 and not answers.read_text().endswith("crash")
+    second = evaluate(_cfg(bench, "sqa3d", answers, limit=6), model=model)  # the first 6 questions, 2 of them done
+    n = 6
+    assert len(json.loads((bench / "processed" / "sqa3d_val_llava_style.json").read_text())) > n
+    assert (second.answered, second.skipped, second.total) == (n - 2, 2, n)
+    ids = [r["sample_id"] for r in read_answers(answers)]
+    assert len(ids) == len(set(ids)) == n
+    metrics = json.loads(answers.with_suffix(".metrics.json").read_text())
+    assert metrics["questions"] == n and metrics["metrics"]["count"]["all"] == n
+
+
+def test_scanqa_questions_are_answered_once_with_all_references() -> None:
+    def item(i: int, answer: str) -> dict[str, Any]:
+        return {"id": f"scanqa_val-scene0000-5_{i}", "video": "scannet/scene0000_00",
+                "conversations": [{"from": "human", "value": human_turn("scanqa", question="Where?")}, {"from": "gpt", "value": answer}],
+                "metadata": {"dataset": "scanQA", "question_type": "unknow"}}
+    anns = [parse_annotation(item(0, "left")), parse_annotation(item(1, "on the left"))]
+    assert [a.question_id for a in unique_questions(anns)] == ["scanqa_val-scene0000-5"]
+
+
+def test_grounding_with_a_shared_prefix_equals_the_full_path(bench: Path, model: Video3DLLM, tmp_path: Path) -> None:
+    answers = tmp_path / "scanrefer.jsonl"
+    result = evaluate(_cfg(bench, "scanrefer", answers, limit=4, batch_size=2), model=model)
+    assert result.answered == 4 and set(result.metrics["all"]) == {"acc@0.25", "acc@0.5", "count"}
+    records = read_answers(answers)
+    store = SceneStore(bench / "posed_images")
+    boxes = {k.split("/")[-1]: np.asarray(v) for k, v in json.loads((bench / "metadata" / "scannet_val_pred_box.json").read_text()).items()}
+    anns = json.loads((bench / "processed" / "scanrefer_vg_val_llava_style.json").read_text())
+    for rec, ann in zip(records, anns):
+        frames = store.frames(rec["scene_id"], "uniform", 2)
+        assert rec["frames"] == [f.name for f in frames]
+        with torch.no_grad():
+            visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]))
+            ids = build_input_ids(model.tokenizer, Task.SCANREFER, ann["conversations"][0]["value"]).input_ids
+            scores = model.ground(model.build_inputs_embeds(ids, visual), model.object_features(visual, boxes[rec["scene_id"]])).scores
+        np.testing.assert_allclose(rec["scores"], scores.numpy(), atol=2e-5)
+        index, _ = select_scanrefer(scores)
+        assert rec["pred_index"] == index
+        np.testing.assert_allclose(rec["pred_response"], boxes[rec["scene_id"]][index])
+        np.testing.assert_allclose(rec["gt_response"], ann["box"])

@@ -1,0 +1,115 @@
+"""Training losses: InfoNCE by hand, and the batched forward against the model's own paths.
+
+The batched forward pads merged sequences of different lengths into one decoder call; its LM loss
+must equal transformers' own causal-LM loss per sample (token-weighted), and its grounding loss the
+InfoNCE of the scores `Video3DLLM.ground` computes on the unpadded sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from video3dllm_core.model import Video3DLLM
+from video3dllm_core.model.constants import IGNORE_INDEX
+from video3dllm_core.model.prompts import Task
+from video3dllm_training.data import DatasetConfig, SceneStore, Video3DDataset, load_box_file, load_data_mixture
+from video3dllm_training.data.dataset import Collator, Sample
+from video3dllm_training.forward import batch_forward
+from video3dllm_training.loss import infonce_loss
+from video3dllm_training.synthetic_benchmark import make_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+CKPT = REPO / "test" / "fixtures" / "reference_parity" / "checkpoint"
+
+
+def test_infonce_matches_a_hand_computation() -> None:
+    scores = torch.tensor([0.2, 0.5, -0.1, 0.3])  # last = no object
+    e = np.exp(np.array([0.2, 0.5, -0.1, 0.3]) / 0.07)
+    assert math.isclose(float(infonce_loss(scores, [1])), -math.log(e[1] / e.sum()), rel_tol=1e-5)
+    assert math.isclose(float(infonce_loss(scores, [0, 2])), -math.log((e[0] + e[2]) / e.sum()), rel_tol=1e-5)
+    assert math.isclose(float(infonce_loss(scores, [])), -math.log(e[3] / e.sum()), rel_tol=1e-5)  # zero-target
+    assert math.isclose(float(infonce_loss(scores, [1], temperature=1.0)), -math.log(np.exp(0.5) / np.exp(scores.numpy()).sum()),
+                        rel_tol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        infonce_loss(scores, [7])
+
+
+@pytest.fixture(scope="module")
+def model() -> Video3DLLM:
+    return Video3DLLM.from_pretrained(CKPT, device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory, model: Video3DLLM) -> dict[Task, Sample]:
+    out = tmp_path_factory.mktemp("bench") / "b"
+    make_benchmark(out, scenes=2, seed=9, frames_per_scene=4, width=64, height=48, val_fraction=0.5)
+    anns, _ = load_data_mixture(out / "multi.yaml")
+    ds = Video3DDataset(anns, SceneStore(out / "posed_images"), model.tokenizer,
+                        load_box_file(out / "metadata" / "scannet_train_gt_box.json"), DatasetConfig(frames_upbound=2))
+    picked: dict[Task, Sample] = {}
+    for i, a in enumerate(ds.annotations):
+        if a.task not in picked and (a.task is not Task.MULTI3DREFER or len(a.object_ids) > 1):
+            picked[a.task] = ds[i]
+    return picked
+
+
+def _reference_lm(model: Video3DLLM, s: Sample) -> tuple[float, int]:
+    """transformers' own causal-LM loss on the unpadded merged sequence (mean, token count)."""
+    visual = model.encode_frames(s.crop_rgb, s.world_coords, s.patch_world_coords)
+    merged = model.build_inputs_embeds(s.input_ids.tolist(), visual, None if s.coord_xyz is None else s.coord_xyz.tolist())
+    labels = s.labels.tolist()  # type: ignore[union-attr]
+    p, n = merged.image_start, merged.image_end - merged.image_start  # type: ignore[operator]
+    merged_labels = torch.tensor(labels[:p] + [IGNORE_INDEX] * n + labels[p + 1:])
+    out = model.language_model(inputs_embeds=merged.embeds[None], labels=merged_labels[None])
+    return float(out.loss), int((merged_labels[1:] != IGNORE_INDEX).sum())
+
+
+def _reference_ground(model: Video3DLLM, s: Sample) -> float:
+    from video3dllm_core.model.prompts import build_training_ids  # noqa: F401  (ids come from the sample)
+
+    visual = model.encode_frames(s.crop_rgb, s.world_coords, s.patch_world_coords)
+    merged = model.build_inputs_embeds(s.input_ids.tolist(), visual)
+    scores = model.ground(merged, model.object_features(visual, s.boxes)).scores.numpy().astype(np.float64)
+    e = np.exp(scores / 0.07)
+    idx = list(s.ground_targets) if s.ground_targets else [len(scores) - 1]  # type: ignore[arg-type]
+    return -math.log(e[idx].sum() / e.sum())
+
+
+@torch.no_grad()
+def test_batched_loss_equals_per_sample_references(model: Video3DLLM, samples: dict[Task, Sample]) -> None:
+    order = [Task.SCANQA, Task.SCANREFER, Task.SCAN2CAP, Task.MULTI3DREFER, Task.SQA3D]
+    batch = Collator()([samples[t] for t in order])
+    assert len(set(batch.lengths)) > 1  # padding is exercised
+    out = batch_forward(model, batch, ground_loss_scale=0.5)
+    refs = {t: _reference_lm(model, samples[t]) for t in (Task.SCANQA, Task.SCAN2CAP, Task.SQA3D)}
+    tokens = sum(n for _, n in refs.values())
+    expected_lm = sum(loss * n for loss, n in refs.values()) / tokens
+    expected_ground = (_reference_ground(model, samples[Task.SCANREFER]) + _reference_ground(model, samples[Task.MULTI3DREFER])) / 2
+    assert out.lm_tokens == tokens and out.ground_samples == 2
+    assert out.lm_loss is not None and out.ground_loss is not None
+    assert math.isclose(out.lm_loss, expected_lm, rel_tol=1e-4)
+    assert math.isclose(out.ground_loss, expected_ground, rel_tol=1e-4)
+    assert math.isclose(float(out.loss), expected_lm + 0.5 * expected_ground, rel_tol=1e-4)
+    # upstream: grounding samples carry no LM loss; asking for it adds their answer tokens
+    with_lm = batch_forward(model, Collator()([samples[Task.SCANREFER]]), lm_loss_on_grounding=True)
+    assert with_lm.lm_tokens > 0 and batch_forward(model, Collator()([samples[Task.SCANREFER]])).lm_tokens == 0
+
+
+def test_loss_backpropagates_to_every_trained_part(model: Any, samples: dict[Task, Sample]) -> None:
+    model.requires_grad_(True)
+    try:
+        batch = Collator()([samples[Task.SCANREFER], samples[Task.SCAN2CAP]])
+        batch_forward(model, batch).loss.backward()
+        for name in ("vision_tower.tower.encoder.layers.0.mlp.fc1.weight", "mm_projector.0.weight", "image_newline",
+                     "language_model.model.layers.1.mlp.down_proj.weight", "ground_head.obj.0.weight", "ground_head.zero_target"):
+            grad = dict(model.named_parameters())[name].grad
+            assert grad is not None and float(grad.abs().sum()) > 0, name
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.requires_grad_(False)
