@@ -11,8 +11,12 @@ rosidl-generated rclpy types. Steps:
    fed by /tf and /tf_static, since tf2_ros has no wheel; proposal_source external);
 3. play the bag: raw CDR from the bag -> rclpy.deserialize_message into the real classes -> publish;
 4. publish the scene's true objects as oriented vision_msgs boxes in map on ~/external_detections;
-5. call ~/query (caption at a chair, then grounding) with a real Query client, receive
-   ~/detections, call ~/reset, and print a JSON summary on the last line.
+5. call ~/query (caption at a chair, single and multi-object grounding) with a real Query
+   client; for every answer, the ~/markers (visualization_msgs/MarkerArray) and ~/detections
+   (the built vision_msgs/Detection3DArray) that arrive with the response's stamp must carry
+   exactly the response's boxes, in map;
+6. call ~/reset with a real std_srvs/Trigger client: the markers are cleared and a query then
+   fails with "no frames"; print a JSON summary on the last line.
 
 Exit code 0 with the summary, or an AssertionError traceback.
 """
@@ -38,6 +42,7 @@ from scipy.spatial.transform import Rotation
 from std_srvs.srv import Trigger
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
+from visualization_msgs.msg import Marker, MarkerArray
 
 import video3dllm_ros.node
 from video3dllm import msg as generated_msg
@@ -67,6 +72,42 @@ def call(node: Node, client, request):  # type: ignore[no-untyped-def]
     return wait_for(lambda: future.result() if future.done() else None, what=f"{client.srv_name} response")
 
 
+def response_boxes(response) -> list[tuple[str, np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """(label, center, size) of every GroundedObject of a Query response."""
+    return [(o.label, np.array([o.bbox.center.position.x, o.bbox.center.position.y, o.bbox.center.position.z]),
+             np.array([o.bbox.size.x, o.bbox.size.y, o.bbox.size.z])) for o in response.objects]
+
+
+def check_published_answer(response, markers: list, detections: list) -> int:  # type: ignore[no-untyped-def]
+    """The MarkerArray and Detection3DArray published for `response` (same stamp) carry its boxes in map.
+
+    Markers: a DELETEALL first, then per object one LINE_LIST of box edges whose extent is the
+    object's box (the fill cube and label come with it). Detections: one per object, same box
+    and label. Returns the number of objects.
+    """
+    stamp = response.header.stamp
+    want = response_boxes(response)
+    arr = wait_for(lambda: next((m for m in reversed(markers) if m.markers and m.markers[0].header.stamp == stamp), None),
+                   what="~/markers of the answer")
+    assert all(m.header.frame_id == "map" for m in arr.markers), [m.header.frame_id for m in arr.markers]
+    assert arr.markers[0].action == Marker.DELETEALL
+    edges = sorted((m for m in arr.markers if m.action == Marker.ADD and m.type == Marker.LINE_LIST), key=lambda m: m.id)
+    assert len(edges) == len(want), (len(edges), len(want))
+    for marker, (_, center, size) in zip(edges, want):
+        points = np.array([[p.x, p.y, p.z] for p in marker.points])
+        lo, hi = points.min(axis=0), points.max(axis=0)
+        assert np.allclose((lo + hi) / 2, center, atol=1e-5) and np.allclose(hi - lo, size, atol=1e-5), (lo, hi, center, size)
+    det = wait_for(lambda: next((d for d in reversed(detections) if d.header.stamp == stamp), None),
+                   what="~/detections of the answer")
+    assert isinstance(det, Detection3DArray) and det.header.frame_id == "map", det.header.frame_id
+    assert len(det.detections) == len(want), (len(det.detections), len(want))
+    for d, (label, center, size) in zip(det.detections, want):
+        c, s = d.bbox.center.position, d.bbox.size
+        assert np.allclose([c.x, c.y, c.z], center, atol=1e-6) and np.allclose([s.x, s.y, s.z], size, atol=1e-6)
+        assert d.results[0].hypothesis.class_id == (label or "object"), (d.results[0].hypothesis.class_id, label)
+    return len(want)
+
+
 def main(checkpoint: str, install_site: str) -> dict:
     assert video3dllm_ros.node.__file__.startswith(install_site), (
         f"the node must come from the CMake install, got {video3dllm_ros.node.__file__}")
@@ -82,8 +123,10 @@ def main(checkpoint: str, install_site: str) -> dict:
     assert node.query_service_available and node.pose_backend == "/tf (core TfBuffer)", node.pose_backend
     player = Node("bag_player")
     detections: list = []
-    player.create_subscription(Detection3DArray, "/video3dllm/detections", detections.append,
-                               QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    markers: list = []
+    latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL)  # as RViz asks for them
+    player.create_subscription(Detection3DArray, "/video3dllm/detections", detections.append, latched)
+    player.create_subscription(MarkerArray, "/video3dllm/markers", markers.append, latched)
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     executor.add_node(player)
@@ -149,21 +192,28 @@ def main(checkpoint: str, install_site: str) -> dict:
     assert np.allclose(got_size, hulls["chair"], atol=1e-6), (got_size, hulls["chair"])
     stamps = [convert.stamp_to_ns(t) for t in response.keyframe_stamps]
     assert response.keyframe_count == len(stamps) > 0 and set(stamps) <= set(summary.image_stamps_ns)
+    assert check_published_answer(response, markers, detections) == 1
 
-    # --- grounding: one of the external boxes, also on ~/detections (real vision_msgs type)
+    # --- grounding: one of the external boxes, on ~/markers and ~/detections (real vision_msgs type)
     grounded = call(player, client, Query.Request(question="Where is the chair?"))
-    assert grounded.success and len(grounded.objects) == 1, grounded.message
+    assert grounded.success and grounded.header.frame_id == "map" and len(grounded.objects) == 1, grounded.message
     label = grounded.objects[0].label
     assert label in hulls
-    det = wait_for(lambda: [d for d in detections if d.detections and d.detections[0].results[0].hypothesis.class_id == label],
-                   what="~/detections")[-1]
-    assert det.header.frame_id == "map"
-    d_size = det.detections[0].bbox.size
-    assert np.allclose([d_size.x, d_size.y, d_size.z], hulls[label], atol=1e-6)
+    assert np.allclose(response_boxes(grounded)[0][2], hulls[label], atol=1e-6)
+    assert check_published_answer(grounded, markers, detections) == 1
+
+    # --- multi-object grounding: zero or more boxes, the same ones on every output
+    multi = call(player, client, Query.Request(question="Find every chair and table.", task="ground_multi"))
+    assert multi.success and multi.header.frame_id == "map", multi.message
+    assert all(o.label in hulls for o in multi.objects), [o.label for o in multi.objects]
+    multi_count = check_published_answer(multi, markers, detections)
 
     # --- reset through std_srvs/Trigger
+    published = len(markers)
     reset = call(player, player.create_client(Trigger, "/video3dllm/reset"), Trigger.Request())
     assert reset.success, reset.message
+    cleared = wait_for(lambda: markers[-1] if len(markers) > published else None, what="~/markers after reset")
+    assert [m.action for m in cleared.markers] == [Marker.DELETEALL], "reset must clear the answer boxes in RViz"
     after = call(player, client, Query.Request(question="what is here?"))
     assert not after.success and "no frames" in after.message, after.message
 
@@ -172,8 +222,8 @@ def main(checkpoint: str, install_site: str) -> dict:
     player.destroy_node()
     rclpy.shutdown()
     return {"ingested": n, "caption_label": response.objects[0].label, "caption_answer": response.answer,
-            "grounded_label": label, "keyframes": response.keyframe_count, "latency_s": response.latency_s,
-            "reset": reset.message}
+            "grounded_label": label, "grounded_objects": len(grounded.objects), "multi_objects": multi_count,
+            "keyframes": response.keyframe_count, "latency_s": response.latency_s, "reset": reset.message}
 
 
 if __name__ == "__main__":

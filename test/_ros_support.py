@@ -56,7 +56,7 @@ def ros_build_env() -> dict[str, str]:
     )
 
 
-PACKAGE_CONTENT = ("CMakeLists.txt", "package.xml", "msg", "srv", "scripts", "launch", "config", "rviz",
+PACKAGE_CONTENT = ("CMakeLists.txt", "package.xml", "msg", "srv", "scripts", "launch", "config",
                    "video3dllm_core", "video3dllm_ros", "training")
 
 

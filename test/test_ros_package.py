@@ -36,6 +36,7 @@ def test_package_xml_declares_the_node_and_interface_dependencies() -> None:
     assert {
         "rclpy", "sensor_msgs", "visualization_msgs", "std_srvs", "diagnostic_msgs", "tf2_ros", "tf2_msgs",
         "message_filters", "launch", "launch_ros", "rosidl_default_runtime",
+        "ros2bag",  # replay.launch.py plays bags
     } <= run
     assert "cv_bridge" not in run | build, "images are decoded by video3dllm_core.image_codec; cv_bridge is unused"
     assert [group.name for group in package.member_of_groups] == ["rosidl_interface_packages"]
@@ -74,7 +75,8 @@ def test_cmake_configure_build_install(tmp_path: Path) -> None:
     assert (install / "share" / "video3dllm" / "package.xml").is_file()
     node = install / "lib" / "video3dllm" / "video3dllm_node"
     assert node.is_file() and os.access(node, os.X_OK), "node executable not installed to lib/video3dllm"
-    for rel in ("config/video3dllm.yaml", "launch/video3dllm.launch.py", "rviz/video3dllm.rviz"):
+    for rel in ("config/video3dllm.yaml", "launch/video3dllm.launch.py",
+                "launch/replay.launch.py", "config/video3dllm.rviz"):
         assert (install / "share" / "video3dllm" / rel).is_file(), f"{rel} not installed"
     site = next(install.glob("lib/python3*/site-packages"))
     for package in ("video3dllm_core", "video3dllm_ros", "video3dllm_training"):

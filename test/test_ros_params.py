@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def yaml_values() -> dict[str, object]:
     data = yaml.safe_load((ROOT / "config" / "video3dllm.yaml").read_text())
-    assert list(data) == ["video3dllm"], "the yaml must address the node by its name 'video3dllm'"
-    values: dict[str, object] = data["video3dllm"]["ros__parameters"]
+    # /**/video3dllm: the node's name in any namespace (test_ros_launch.py checks rcl applies it under one)
+    assert list(data) == ["/**/video3dllm"], "the yaml must address the node by its name 'video3dllm' in any namespace"
+    values: dict[str, object] = data["/**/video3dllm"]["ros__parameters"]
     return values
 
 
