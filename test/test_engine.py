@@ -143,6 +143,20 @@ def test_invalid_frames_are_dropped_and_counted_by_reason(default_model: Video3D
     assert engine.add_frame(good) and engine.stats().frames_added == 1
 
 
+def test_a_frame_with_an_already_pooled_stamp_is_dropped(default_model: Video3DLLM,
+                                                          room: tuple[Any, list[PosedFrame]]) -> None:
+    engine = SceneEngine(default_model)
+    first, second = room[1][0], room[1][1]
+    assert engine.add_frame(first) and engine.add_frame(second)
+    assert engine.add_frame(first) is False  # re-published / re-played frame
+    stats = engine.stats()
+    assert stats.frames_added == 2 and stats.pool_size == 2
+    assert stats.frames_dropped == {"duplicate_stamp": 1}
+    assert stats.last_drop_message is not None and str(first.stamp_ns) in stats.last_drop_message
+    engine.reset()
+    assert engine.add_frame(first)  # a reset forgets the pooled stamps
+
+
 def test_config_validation_names_the_field() -> None:
     with pytest.raises(ValueError, match="EngineConfig.strategy"):
         EngineConfig(strategy="best")

@@ -342,6 +342,12 @@ class CoverageIndex:
         with self._lock:
             return tuple(int(self._slot_fid[s]) for s in self._pool_slots())
 
+    def has_stamp(self, stamp_ns: int) -> bool:
+        """Whether a pooled frame carries exactly this stamp (a re-published or re-played frame)."""
+        with self._lock:
+            slots = np.fromiter(self._fid_slot.values(), dtype=np.int64, count=len(self._fid_slot))
+            return bool(np.any(self._slot_stamp[slots] == stamp_ns))
+
     def frame(self, frame_id: int) -> IngestedFrame:
         """The pooled frame with this id (KeyError once evicted)."""
         with self._lock:

@@ -192,11 +192,19 @@ class SceneEngine:
             return False
         try:
             with self._lock:
-                self._index.add(ingested)
-                self._frames_added += 1
-                self._accept_times.append(time.monotonic())
+                if self._index.has_stamp(ingested.stamp_ns):
+                    # A re-published or re-played frame would double its memory and its weight.
+                    duplicate = True
+                else:
+                    duplicate = False
+                    self._index.add(ingested)
+                    self._frames_added += 1
+                    self._accept_times.append(time.monotonic())
         except Exception as exc:
             self._drop("ingest_error", f"{type(exc).__name__}: {exc}")
+            return False
+        if duplicate:
+            self._drop("duplicate_stamp", f"a pooled frame already has stamp_ns={ingested.stamp_ns}; frame ignored")
             return False
         return True
 
