@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from itertools import combinations, product
 
 import numpy as np
 import pytest
@@ -14,16 +15,21 @@ from video3dllm_core.geometry import (
     apply_transform_f32,
     backproject_depth,
     backproject_pixels,
+    box_edge_points,
     box_iou_3d,
     box_min_max,
     box_volume,
     check_rigid,
     compose,
+    fit_plane,
     invert_rigid,
     pack_voxel_indices,
     pairwise_box_iou_3d,
     points_in_box,
+    plane_distances,
     points_in_boxes,
+    ransac_plane,
+    refine_plane,
     sorted_unique,
     transform_from_translation_quaternion,
     translation_quaternion_from_transform,
@@ -209,6 +215,23 @@ def test_box_iou_hand_cases_and_pairwise_matrix() -> None:
         box_iou_3d(unit, np.array([0, 0, 0, -1, 1, 1.0]))
 
 
+def test_box_edges_are_the_twelve_edges_of_the_box() -> None:
+    center, size = np.array([1.0, -2.0, 0.5]), np.array([0.4, 0.6, 1.0])
+    pts = box_edge_points(center, size)
+    assert pts.shape == (24, 3) and pts.dtype == np.float64
+    corners = {tuple(center + np.array(sign) * size / 2) for sign in product((-1, 1), repeat=3)}
+    assert {tuple(p) for p in pts} == corners
+    edges = {frozenset((tuple(a), tuple(b))) for a, b in zip(pts[0::2], pts[1::2])}
+    # independently: the box edges are the corner pairs that differ along exactly one axis
+    expected = {frozenset((a, b)) for a, b in combinations(corners, 2) if np.count_nonzero(np.subtract(a, b)) == 1}
+    assert edges == expected and len(edges) == 12
+    # pairs in increasing corner order: corner i = signs of bits (x, y, z) = (i >> 2, i >> 1, i) & 1
+    assert [tuple(p) for p in pts[:6]] == [tuple(center + np.array(s) * size / 2) for s in
+                                          ((-1, -1, -1), (-1, -1, 1), (-1, -1, -1), (-1, 1, -1), (-1, -1, -1), (1, -1, -1))]
+    with pytest.raises(ValueError, match="3-vectors"):
+        box_edge_points([0, 0], [1, 1, 1])
+
+
 def test_points_in_box_inclusive_and_float32_corners() -> None:
     box = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
     pts = np.array([[0, 0, 0], [2, 2, 2], [1, 1, 1], [2.0001, 1, 1], [1, -0.0001, 1.0]])
@@ -223,3 +246,89 @@ def test_points_in_box_inclusive_and_float32_corners() -> None:
     lo32 = np.float32(0.1) - np.float32(0.3) / np.float32(2)
     assert points_in_box(np.array([[lo32, 0, 0]], dtype=np.float32), b32)[0]
     assert not points_in_box(np.array([[np.nextafter(lo32, np.float32(-1)), 0, 0]], dtype=np.float32), b32)[0]
+
+
+# ---------------------------------------------------------------- planes
+
+
+def _tilted_plane_points(rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Points on the plane through (0.3, -0.2, 1.1) with normal ~(0.1, -0.05, 1), with noise."""
+    normal = np.array([0.1, -0.05, 1.0]) / np.linalg.norm([0.1, -0.05, 1.0])
+    u = np.cross(normal, [1.0, 0.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(normal, u)
+    ab = rng.uniform(-2, 2, size=(n, 2))
+    origin = np.array([0.3, -0.2, 1.1])
+    pts = origin + ab[:, :1] * u + ab[:, 1:] * v + rng.normal(0, noise, size=(n, 1)) * normal
+    return pts, normal, -float(normal @ origin)
+
+
+def test_fit_plane_matches_lstsq_and_distances_match_projection() -> None:
+    rng = np.random.default_rng(11)
+    pts, normal, offset = _tilted_plane_points(rng, 500, 0.0)
+    n, d = fit_plane(pts)
+    assert n[np.argmax(np.abs(n))] > 0 and np.linalg.norm(n) == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(n, normal, atol=1e-9)
+    assert d == pytest.approx(offset, abs=1e-9)
+    # Noisy points: the total-least-squares normal is close to the ordinary z = ax + by + c fit.
+    noisy, _, _ = _tilted_plane_points(rng, 2000, 0.005)
+    coef, *_ = np.linalg.lstsq(np.c_[noisy[:, :2], np.ones(len(noisy))], noisy[:, 2], rcond=None)
+    expected = np.array([-coef[0], -coef[1], 1.0]) / np.linalg.norm([-coef[0], -coef[1], 1.0])
+    n2, d2 = fit_plane(noisy)
+    np.testing.assert_allclose(n2, expected, atol=2e-4)
+    assert d2 == pytest.approx(-coef[2] / np.linalg.norm([-coef[0], -coef[1], 1.0]), abs=5e-4)
+    # Distances: |n.p + d| / |n| for a non-unit normal equals the projection onto the unit normal.
+    q = rng.normal(size=(20, 3))
+    np.testing.assert_allclose(plane_distances(q, 3 * normal, 3 * offset), np.abs(q @ normal + offset), atol=1e-12)
+    with pytest.raises(ValueError, match="N >= 3"):
+        fit_plane(pts[:2])
+    with pytest.raises(ValueError, match="non-zero"):
+        plane_distances(q, [0, 0, 0], 1.0)
+
+
+def test_refine_plane_reaches_the_same_fixed_point_from_nearby_starts() -> None:
+    rng = np.random.default_rng(12)
+    plane_pts, normal, offset = _tilted_plane_points(rng, 3000, 0.006)
+    clutter = rng.uniform([-2, -2, 1.2], [2, 2, 2.5], size=(1500, 3))
+    pts = np.concatenate([plane_pts, clutter])
+    results = [refine_plane(pts, np.append(normal + delta, offset + eps), 0.02)
+               for delta, eps in ((np.zeros(3), 0.0), (np.array([2e-3, -1e-3, 0]), 4e-3), (np.array([0, 3e-3, 0]), -5e-3))]
+    n0, d0, m0 = results[0]
+    for n, d, m in results[1:]:
+        np.testing.assert_array_equal(n, n0)
+        assert d == d0
+        np.testing.assert_array_equal(m, m0)
+    # A fixed point: the mask is exactly the inlier set of the returned plane, which is its LS fit.
+    np.testing.assert_array_equal(m0, plane_distances(pts, n0, d0) <= 0.02)
+    n_fit, d_fit = fit_plane(pts[m0])
+    np.testing.assert_array_equal(n_fit, n0)
+    assert d_fit == d0
+    assert m0[:3000].mean() > 0.99 and m0[3000:].mean() < 0.05
+    with pytest.raises(ValueError, match="4 finite numbers"):
+        refine_plane(pts, [0, 0, 1], 0.02)
+
+
+def test_ransac_plane_finds_the_dominant_plane_repeatably_from_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(13)
+    plane_pts, normal, offset = _tilted_plane_points(rng, 25_000, 0.004)  # > max_score_points: subset scoring
+    wall = np.c_[np.full(6000, 2.5), rng.uniform(-2, 2, 6000), rng.uniform(0, 2.5, 6000)]
+    clutter = rng.uniform(-2, 2, size=(4000, 3))
+    pts = np.concatenate([plane_pts, wall, clutter])
+    n, d, mask = ransac_plane(pts, 0.02, 200, seed=3)
+    assert abs(float(n @ normal)) > 0.9999
+    assert abs(d * np.sign(n @ normal) - offset) < 2e-3
+    assert mask[:25_000].mean() > 0.99 and mask[25_000:31_000].mean() < 0.05
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda _: ransac_plane(pts, 0.02, 200, seed=3), range(20)))
+    for n_r, d_r, m_r in runs:
+        np.testing.assert_array_equal(n_r, n)
+        assert d_r == d
+        np.testing.assert_array_equal(m_r, mask)
+    # Degenerate input: every sample collinear.
+    line = np.c_[np.linspace(0, 1, 50), np.zeros(50), np.zeros(50)]
+    n_l, _, m_l = ransac_plane(line, 0.01, 20)
+    assert not m_l.any() and not n_l.any()
+    with pytest.raises(ValueError, match="distance_m"):
+        ransac_plane(pts, 0.0, 10)

@@ -32,7 +32,12 @@ __all__ = [
     "voxel_keys",
     "voxel_centers",
     "sorted_unique",
+    "fit_plane",
+    "plane_distances",
+    "refine_plane",
+    "ransac_plane",
     "box_min_max",
+    "box_edge_points",
     "box_volume",
     "box_iou_3d",
     "pairwise_box_iou_3d",
@@ -270,6 +275,133 @@ def sorted_unique(values: ArrayLike) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+# Planes (unit normal n, offset d: n . p + d = 0)
+# ----------------------------------------------------------------------------------------------
+
+
+def fit_plane(points: ArrayLike) -> tuple[np.ndarray, float]:
+    """Least-squares plane (unit normal [3], offset) through [N >= 3, 3] points.
+
+    The normal is the eigenvector of the smallest eigenvalue of the points' scatter matrix, signed
+    so that its largest-magnitude component is positive. Every reduction is an elementwise numpy
+    sum (no BLAS, no threads), so the same points give bitwise the same plane on every run.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3 or len(p) < 3:
+        raise ValueError(f"fit_plane needs an [N >= 3, 3] point array, got shape {p.shape}")
+    centroid = p.sum(axis=0) / len(p)
+    q = p - centroid
+    scatter = np.empty((3, 3))
+    for i in range(3):
+        for j in range(i, 3):
+            scatter[i, j] = scatter[j, i] = float(np.sum(q[:, i] * q[:, j]))
+    _, vectors = np.linalg.eigh(scatter)
+    normal = vectors[:, 0]
+    if normal[int(np.argmax(np.abs(normal)))] < 0:
+        normal = -normal
+    return normal, -float(normal @ centroid)
+
+
+def plane_distances(points: ArrayLike, normal: ArrayLike, offset: float) -> np.ndarray:
+    """Unsigned distance of [N, 3] points to the plane n . p + d = 0 (n need not be unit length)."""
+    p = np.asarray(points, dtype=np.float64)
+    n = np.asarray(normal, dtype=np.float64)
+    norm = float(np.sqrt(n[0] * n[0] + n[1] * n[1] + n[2] * n[2]))
+    if not norm > 0:
+        raise ValueError(f"plane normal must be non-zero, got {n.tolist()}")
+    return np.abs(p[:, 0] * (n[0] / norm) + p[:, 1] * (n[1] / norm) + p[:, 2] * (n[2] / norm) + offset / norm)
+
+
+def refine_plane(points: ArrayLike, plane: ArrayLike, distance_m: float,
+                 max_iterations: int = 20) -> tuple[np.ndarray, float, np.ndarray]:
+    """Refine a plane hypothesis to a fixed point: (unit normal, offset, inlier mask [N]).
+
+    Starting from `plane` (a, b, c, d of ax + by + cz + d = 0), alternate "inliers = points within
+    `distance_m`" and "least-squares plane of the inliers" (`fit_plane`) until the inlier set stops
+    changing (at most `max_iterations` fits). The plane returned is always the least-squares fit of
+    the mask returned, which on convergence is exactly its inlier set; so the result depends only on
+    that final set, not on which sample triple found the plane, and nearby starting planes give
+    bitwise the same answer. With fewer than 3 points within `distance_m` the starting plane
+    (normalised) and its inlier mask are returned unchanged.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    start = np.asarray(plane, dtype=np.float64).reshape(-1)
+    if start.shape != (4,) or not np.all(np.isfinite(start)):
+        raise ValueError(f"plane must be 4 finite numbers (a, b, c, d of ax + by + cz + d = 0), got {start.tolist()}")
+    norm = float(np.linalg.norm(start[:3]))
+    if not norm > 0:
+        raise ValueError(f"plane normal must be non-zero, got {start[:3].tolist()}")
+    normal, offset = start[:3] / norm, float(start[3]) / norm
+    mask = plane_distances(p, normal, offset) <= distance_m
+    if int(mask.sum()) < 3:
+        return normal, offset, mask
+    for _ in range(max(1, int(max_iterations))):
+        normal, offset = fit_plane(p[mask])
+        new_mask = plane_distances(p, normal, offset) <= distance_m
+        if np.array_equal(new_mask, mask) or int(new_mask.sum()) < 3:
+            break
+        mask = new_mask
+    return normal, offset, mask
+
+
+def ransac_plane(points: ArrayLike, distance_m: float, iterations: int, seed: int = 0,
+                 max_score_points: int = 20_000) -> tuple[np.ndarray, float, np.ndarray]:
+    """The dominant plane of [N, 3] points, repeatably: (unit normal, offset, inlier mask [N]).
+
+    Seeded RANSAC followed by `refine_plane`: draw `iterations` point triples from
+    `numpy.random.default_rng(seed)`, keep the plane through the triple with the most points
+    within `distance_m` (ties: the first drawn), then refine it by least squares to a fixed
+    point. Hypotheses are scored on at most `max_score_points` points (a seeded random subset of
+    a larger cloud, in float32 relative to the subset's mean: the inlier share is estimated to
+    well under 1 %, and the refinement then uses every point in float64).
+
+    Why not Open3D's `segment_plane`: it is not repeatable run to run. Its OpenMP threads stop
+    early depending on which thread finds a good plane first, and `o3d.utility.random.seed` is
+    process-global, so concurrent callers interleave their draws; the same points gave floor
+    heights of -0.00456349 and -0.00456125 m and different wall sets. Here the generator is
+    local and every operation is elementwise numpy, so the same input always gives bitwise the
+    same output, from any thread. All-degenerate samples (collinear or repeated points) give a
+    zero normal and an all-False mask.
+    """
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"points must be an [N, 3] array, got shape {p.shape}")
+    if not distance_m > 0:
+        raise ValueError(f"distance_m must be a positive inlier distance in metres, got {distance_m}")
+    if int(iterations) < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    n_pts = len(p)
+    none = (np.zeros(3), 0.0, np.zeros(n_pts, dtype=bool))
+    if n_pts < 3:
+        return none
+    rng = np.random.default_rng(seed)
+    triples = rng.integers(0, n_pts, size=(int(iterations), 3))
+    a, b, c = p[triples[:, 0]], p[triples[:, 1]], p[triples[:, 2]]
+    normals = np.cross(b - a, c - a)
+    lengths = np.sqrt(np.sum(normals * normals, axis=1))
+    valid = lengths > 1e-12
+    if not valid.any():
+        return none
+    normals = normals[valid] / lengths[valid, None]
+    offsets = -np.sum(normals * a[valid], axis=1)
+    score = p if n_pts <= max_score_points else p[np.sort(rng.choice(n_pts, int(max_score_points), replace=False))]
+    mean = score.sum(axis=0) / len(score)
+    local = (score - mean).astype(np.float32)
+    n32 = normals.astype(np.float32)
+    d32 = (offsets + np.sum(normals * mean, axis=1)).astype(np.float32)  # plane offset relative to the mean
+    x, y, z = local[:, 0:1], local[:, 1:2], local[:, 2:3]
+    counts = np.empty(len(normals), dtype=np.int64)
+    chunk = 64
+    for s in range(0, len(normals), chunk):
+        n_c, d_c = n32[s:s + chunk], d32[s:s + chunk]
+        dist = x * n_c[:, 0] + y * n_c[:, 1] + z * n_c[:, 2] + d_c
+        np.abs(dist, out=dist)
+        counts[s:s + chunk] = np.count_nonzero(dist <= np.float32(distance_m), axis=0)
+    best = int(np.argmax(counts))
+    return refine_plane(p, np.append(normals[best], offsets[best]), distance_m)
+
+
+# ----------------------------------------------------------------------------------------------
 # Axis-aligned boxes (center_xyz, size_xyz)
 # ----------------------------------------------------------------------------------------------
 
@@ -290,6 +422,23 @@ def box_min_max(boxes: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     b = _boxes(boxes, "boxes")
     half = b[..., 3:] / 2
     return b[..., :3] - half, b[..., :3] + half
+
+
+def box_edge_points(center_xyz: ArrayLike, size_xyz: ArrayLike) -> np.ndarray:
+    """[24, 3] float64 endpoints of the 12 edges of one axis-aligned box, in pairs (a LINE_LIST).
+
+    Corner i has sign bits (x, y, z) = ((i >> 2) & 1, (i >> 1) & 1, i & 1) (0: -size/2, 1: +size/2);
+    the edges are the corner pairs (i, j), i < j, that differ in one bit, in increasing (i, j) order.
+    Used for RViz box markers (the node and the replay's markers bag) and report drawings.
+    """
+    c = np.asarray(center_xyz, dtype=np.float64)
+    h = np.asarray(size_xyz, dtype=np.float64) / 2
+    if c.shape != (3,) or h.shape != (3,):
+        raise ValueError(f"center_xyz and size_xyz must be 3-vectors, got shapes {c.shape} and {h.shape}")
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+    pts = c + corners * h
+    edges = [(i, i ^ bit) for i in range(8) for bit in (1, 2, 4) if i < i ^ bit]
+    return pts[[k for edge in edges for k in edge]]
 
 
 def box_volume(boxes: ArrayLike) -> np.ndarray:

@@ -7,7 +7,8 @@ the fused keyframe points, in a z-up frame (the scene frame of `video3dllm_core.
 1. **Voxel down-sampling** (`voxel_m`): uniform density and bounded cost. Every input point keeps
    the index of its voxel, so boxes are measured on the full-resolution points afterwards and do
    not shrink by the voxel size.
-2. **Structure removal**, at most `max_planes` RANSAC rounds (Open3D `segment_plane`, seeded):
+2. **Structure removal**, at most `max_planes` RANSAC rounds (`geometry.ransac_plane`: seeded,
+   refined by least squares to a fixed point of its inlier set, so bitwise repeatable):
    each round fits the largest plane in what is left and classifies it, judging its extent by the
    largest connected piece of its inliers (RANSAC also collects unrelated strips crossing the plane), as
    * *floor*: normal within `plane_angle_tol_deg` of vertical and height within `floor_band_m`
@@ -50,7 +51,7 @@ from typing import Any, Iterable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from video3dllm_core.geometry import voxel_keys
+from video3dllm_core.geometry import plane_distances, ransac_plane, voxel_keys
 from video3dllm_core.ingest import IngestedFrame, crop_world_coords
 
 __all__ = [
@@ -115,7 +116,8 @@ class ProposalConfig:
     floor_extend_max_height_m: float = 1.0
     """Only boxes whose bottom is at most this high get the extended twin (not wall shelves)."""
     seed: int = 0
-    """Open3D random seed (RANSAC), for deterministic proposals."""
+    """Seed of the RANSAC sample generator (round k uses seed + k): proposals are bitwise the same
+    on every call and from any thread."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -234,30 +236,25 @@ def _largest_component(points: np.ndarray, eps_m: float) -> np.ndarray:
 
 def _structural_mask(vox: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, float]:
     """Boolean [V]: voxels on floor / wall / ceiling planes; and the floor height used."""
-    from video3dllm_core.o3d import o3d
-
     z_low = float(np.percentile(vox[:, 2], 1.0))
     floor_z = z_low
     structural = np.zeros(len(vox), dtype=bool)
     candidates = np.arange(len(vox))  # voxels still searched for planes
     cos_tol = np.cos(np.radians(cfg.plane_angle_tol_deg))
     sin_tol = np.sin(np.radians(cfg.plane_angle_tol_deg))
-    o3d.utility.random.seed(cfg.seed)
-    for _ in range(cfg.max_planes):
+    for round_index in range(cfg.max_planes):
         if len(candidates) < max(cfg.min_plane_points, 3):
             break
-        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(vox[candidates]))
-        plane, inliers_list = pcd.segment_plane(cfg.plane_distance_m, 3, cfg.plane_ransac_iterations)
-        inliers = np.asarray(inliers_list, dtype=np.int64)
+        cand_pts = vox[candidates]
+        normal, offset, inlier_mask = ransac_plane(cand_pts, cfg.plane_distance_m, cfg.plane_ransac_iterations,
+                                                   cfg.seed + round_index)
+        inliers = np.flatnonzero(inlier_mask)
         if len(inliers) < cfg.min_plane_points:
             break
-        norm = max(float(np.linalg.norm(plane[:3])), 1e-12)
-        normal = np.asarray(plane[:3], dtype=np.float64) / norm
-        offset = float(plane[3]) / norm
         # Judge the plane by its largest connected piece: RANSAC inliers also collect unrelated
         # strips that happen to cross the plane (a wall's edge, a chair's side), whose union can
         # look wall-sized.
-        piece = inliers[_largest_component(vox[candidates[inliers]], cfg.cluster_eps_m)]
+        piece = inliers[_largest_component(cand_pts[inliers], cfg.cluster_eps_m)]
         pts = vox[candidates[piece]]
         nz = abs(normal[2])
         is_structure = False
@@ -279,7 +276,7 @@ def _structural_mask(vox: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, 
             # Remove the whole slab around the plane, not only the RANSAC inliers: pose drift,
             # depth noise and the half-pixel back-projection offset make fused walls thicker than
             # the inlier distance, and their left-over sheets would become proposals.
-            band = np.abs(vox[candidates] @ normal + offset) <= max(cfg.structure_band_m, cfg.plane_distance_m)
+            band = plane_distances(cand_pts, normal, offset) <= max(cfg.structure_band_m, cfg.plane_distance_m)
             band[inliers] = True
             structural[candidates[band]] = True
             candidates = candidates[~band]

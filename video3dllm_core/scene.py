@@ -22,9 +22,11 @@ not be the floor. `SceneFrame` is the rigid transform that fixes this:
   (which a dense, close surface would pull towards itself).
 * **Floor at z = 0.** The floor is the dominant near-horizontal plane among the lowest points:
   take the points within `floor_band_m` above the 1st percentile of height, voxel down-sample
-  them, fit a plane with Open3D RANSAC (`segment_plane`, seeded) and accept it when its normal is
-  within `max_floor_tilt_deg` of vertical and it holds at least `min_floor_fraction` of that band;
-  the floor height is the median height of its inliers. Otherwise (no floor seen, e.g. a table-top
+  them, fit a plane with `geometry.ransac_plane` (seeded RANSAC refined by least squares to a
+  fixed point of its inlier set) and accept it when its normal is within `max_floor_tilt_deg` of
+  vertical and it holds at least `min_floor_fraction` of that band; the floor height is the
+  median height of its inliers. The estimate is bitwise repeatable, also across threads (Open3D's
+  `segment_plane` is not: see `ransac_plane`). Otherwise (no floor seen, e.g. a table-top
   view) the 1st percentile of height is used and `floor_method` says so. A known floor height (the
   robot's `base_footprint` z) can be passed as `floor_z` and skips the estimate.
 
@@ -39,7 +41,7 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from video3dllm_core.geometry import check_rigid
+from video3dllm_core.geometry import check_rigid, ransac_plane
 
 __all__ = [
     "SceneFrame",
@@ -98,13 +100,15 @@ class FloorEstimateConfig:
         low_percentile: height percentile taken as the lowest observed surface (robust to a few
             spurious points below the floor).
         floor_band_m: height band above that percentile searched for the floor plane.
-        voxel_m: down-sampling voxel for the RANSAC fit (uniform density, bounded cost).
+        voxel_m: down-sampling voxel (Open3D `voxel_down_sample`) for the plane fit (uniform
+            density, bounded cost).
         distance_m: RANSAC inlier distance.
         iterations: RANSAC iterations.
         max_floor_tilt_deg: largest accepted angle between the plane normal and +z.
         min_floor_fraction: smallest accepted share of the band's (down-sampled) points on the plane.
         min_points: fewer band points than this skip RANSAC and use the percentile.
-        seed: Open3D random seed, for a deterministic fit.
+        seed: seed of the RANSAC sample generator (a local numpy Generator: the fit is the
+            same on every call and from any thread).
     """
 
     low_percentile: float = 1.0
@@ -130,14 +134,11 @@ def _estimate_floor(points_up: np.ndarray, cfg: FloorEstimateConfig) -> tuple[fl
         pcd = pcd.voxel_down_sample(cfg.voxel_m)
         n_band = len(pcd.points)
         if n_band >= cfg.min_points:
-            o3d.utility.random.seed(cfg.seed)
-            plane, inliers = pcd.segment_plane(cfg.distance_m, 3, cfg.iterations)
-            normal = np.asarray(plane[:3], dtype=np.float64)
-            normal /= max(float(np.linalg.norm(normal)), 1e-12)
-            tilt = float(np.degrees(np.arccos(min(1.0, abs(normal[2])))))
-            if tilt <= cfg.max_floor_tilt_deg and len(inliers) >= cfg.min_floor_fraction * n_band:
-                inlier_z = np.asarray(pcd.points)[np.asarray(inliers), 2]
-                return float(np.median(inlier_z)), "plane"
+            band_pts = np.asarray(pcd.points)
+            normal, _, inliers = ransac_plane(band_pts, cfg.distance_m, cfg.iterations, cfg.seed)
+            tilt = float(np.degrees(np.arccos(min(1.0, abs(float(normal[2]))))))
+            if inliers.any() and tilt <= cfg.max_floor_tilt_deg and int(inliers.sum()) >= cfg.min_floor_fraction * n_band:
+                return float(np.median(band_pts[inliers, 2])), "plane"
     return z_low, "percentile"
 
 
