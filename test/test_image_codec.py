@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 from rosbags.typesys import Stores, get_typestore
 
 from video3dllm_core.image_codec import (
+    CameraInfoSizeError,
     ImageCodecError,
     camera_info_k,
     camera_info_size,
@@ -21,6 +22,7 @@ from video3dllm_core.image_codec import (
     encode_depth_image,
     encode_rgb_compressed,
     encode_rgb_image,
+    intrinsics_for_depth,
 )
 
 TS = get_typestore(Stores.ROS2_JAZZY)
@@ -219,3 +221,22 @@ def test_camera_info_k_roundtrip_and_uncalibrated_error() -> None:
                       **encode_camera_info(np.zeros((3, 3)), 640, 480))
     with pytest.raises(ImageCodecError, match="^camera_info.k is all zeros: the camera is not calibrated"):
         camera_info_k(zero)
+
+
+def test_intrinsics_for_depth_checks_the_declared_size() -> None:
+    K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+
+    def info(width: int, height: int, k: np.ndarray = K) -> object:
+        return roundtrip(CameraInfo(header=HEADER, roi=ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+                                    **encode_camera_info(k, width, height)))
+
+    np.testing.assert_array_equal(intrinsics_for_depth(info(640, 480), (480, 640)), K)
+    np.testing.assert_array_equal(intrinsics_for_depth(info(640, 480), (480, 640, 1)), K)
+    np.testing.assert_array_equal(intrinsics_for_depth(info(0, 0), (240, 320)), K)  # size unset: not checked
+    np.testing.assert_array_equal(intrinsics_for_depth(info(640, 480)), K)  # no depth shape: not checked
+    with pytest.raises(CameraInfoSizeError, match=r"^camera_info on /cam/info is 640x480 but the depth image is 320x240: "
+                                                  r"pass the depth image's own camera_info"):
+        intrinsics_for_depth(info(640, 480), (240, 320), "camera_info on /cam/info")
+    with pytest.raises(ImageCodecError, match="not calibrated") as err:  # K is checked first
+        intrinsics_for_depth(info(640, 480, np.zeros((3, 3))), (240, 320))
+    assert not isinstance(err.value, CameraInfoSizeError)

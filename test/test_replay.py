@@ -8,6 +8,7 @@ are recomputed here from the frame stamps, independently of the replay's own boo
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import threading
@@ -24,7 +25,7 @@ from video3dllm_core.cli import main
 from video3dllm_core.engine import EngineConfig, SceneEngine
 from video3dllm_core.queries import QuerySpec
 from video3dllm_core.replay import build_summary, replay
-from video3dllm_core.report import STAGES, box_edge_points, read_jsonl
+from video3dllm_core.report import STAGES, read_jsonl
 from video3dllm_core.sources.posed_images import PosedImagesSource, write_posed_images
 from video3dllm_core.synthetic import make_scene, render_frames
 
@@ -213,15 +214,27 @@ def test_replay_command_on_a_bag_writes_answers_summary_report_and_markers(
     links = re.findall(r"<img src='([^']+)'", page)
     assert len(links) == 3 and all((out / link).is_file() for link in links)
 
-    grounded = [r for r in rows if r["objects"]]
     with AnyReader([markers]) as reader:
         messages = [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
-    assert [t for t, _ in messages] == [r["stamp_ns"] for r in grounded]
-    assert [len(m.markers) for _, m in messages] == [2 * len(r["objects"]) for r in grounded]
-    for (_, msg), row in zip(messages, grounded):
+    # One MarkerArray per answer, as the node publishes: DELETEALL, then edges, cube, label per object.
+    assert [t for t, _ in messages] == [r["stamp_ns"] for r in rows]
+    assert len(rows[0]["objects"]) >= 1 and not rows[3]["objects"]
+    assert [len(m.markers) for _, m in messages] == [1 + 3 * len(r["objects"]) for r in rows]
+    for (_, msg), row in zip(messages, rows):
         assert {m.header.frame_id for m in msg.markers} == {"map"}
-        got = np.array([[p.x, p.y, p.z] for p in msg.markers[0].points])
-        np.testing.assert_allclose(got, box_edge_points(row["objects"][0]["center_xyz"], row["objects"][0]["size_xyz"]))
+        assert msg.markers[0].action == msg.markers[0].DELETEALL
+        for k, obj in enumerate(row["objects"]):
+            box = msg.markers[1 + 3 * k]
+            assert box.ns == "video3dllm/box" and box.type == box.LINE_LIST
+            pts = [(p.x, p.y, p.z) for p in box.points]
+            assert len(pts) == 24
+            # independently: the corner pairs of the box that differ along exactly one axis
+            c, s = np.asarray(obj["center_xyz"]), np.asarray(obj["size_xyz"])
+            corners = [tuple(c + np.array(sign) * s / 2) for sign in itertools.product((-1, 1), repeat=3)]
+            expected = {frozenset((a, b)) for a, b in itertools.combinations(corners, 2)
+                        if np.count_nonzero(np.subtract(a, b)) == 1}
+            assert {frozenset(pair) for pair in zip(pts[0::2], pts[1::2])} == expected
+    assert f"wrote {len(rows)} MarkerArray message(s)" in stdout
 
 
 def test_replay_exits_1_when_every_query_failed(tmp_path: Path, bag, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,9 +13,6 @@ from rosbags.highlevel import AnyReader
 
 from video3dllm_core.answer import Answer, GroundedObject, Timings
 from video3dllm_core.report import (
-    MARKER_NS_BOX,
-    MARKER_NS_LABEL,
-    box_edge_points,
     latency_stats,
     read_jsonl,
     write_jsonl,
@@ -66,16 +63,17 @@ def summary_for(rows: list[dict]) -> dict:
     }
 
 
-def test_box_edges_are_the_twelve_edges_of_the_box() -> None:
-    center, size = np.array([1.0, -2.0, 0.5]), np.array([0.4, 0.6, 1.0])
-    pts = box_edge_points(center, size)
-    assert pts.shape == (24, 3)
-    corners = {tuple(center + np.array(sign) * size / 2) for sign in product((-1, 1), repeat=3)}
-    assert {tuple(p) for p in pts} == corners
-    edges = {frozenset((tuple(a), tuple(b))) for a, b in zip(pts[0::2], pts[1::2])}
-    # independently: the box edges are the corner pairs that differ along exactly one axis
-    expected = {frozenset((a, b)) for a, b in combinations(corners, 2) if np.count_nonzero(np.subtract(a, b)) == 1}
-    assert edges == expected and len(edges) == 12
+def box_edges(center: list[float], size: list[float]) -> set[frozenset]:
+    """The 12 edges of a box as corner pairs, computed independently of the code under test:
+    the pairs of its 8 corners that differ along exactly one axis."""
+    corners = {tuple(np.asarray(center) + np.array(sign) * np.asarray(size) / 2) for sign in product((-1, 1), repeat=3)}
+    return {frozenset((a, b)) for a, b in combinations(corners, 2) if np.count_nonzero(np.subtract(a, b)) == 1}
+
+
+def line_list_edges(marker) -> set[frozenset]:
+    pts = [(p.x, p.y, p.z) for p in marker.points]
+    assert len(pts) == 24  # 12 edges, two points each, no edge twice
+    return {frozenset((a, b)) for a, b in zip(pts[0::2], pts[1::2])}
 
 
 def test_latency_stats_per_stage_over_successful_queries() -> None:
@@ -127,28 +125,68 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
     assert back[3]["ok"] is False and back[3]["error"] == "caption needs a target_xyz"
 
 
-def test_markers_bag_reads_back(tmp_path: Path) -> None:
+def test_markers_bag_holds_what_the_node_publishes(tmp_path: Path) -> None:
+    from rosbags.typesys import Stores, get_typestore
+
+    from video3dllm_ros.convert import answer_to_marker_array
+    from video3dllm_ros.factory import TypestoreFactory
+
     rows = make_rows()
     bag = tmp_path / "markers"
-    assert write_markers_bag(bag, rows, "map") == 2  # two answers have objects
+    assert write_markers_bag(bag, rows, "map") == 4  # one MarkerArray per answer, as the node publishes
     with AnyReader([bag]) as reader:
         assert [c.msgtype for c in reader.connections] == ["visualization_msgs/msg/MarkerArray"]
-        messages = [(t, reader.deserialize(raw, c.msgtype)) for c, t, raw in reader.messages()]
-    assert [t for t, _ in messages] == [rows[0]["stamp_ns"], rows[1]["stamp_ns"]]
-    assert [len(m.markers) for _, m in messages] == [2, 4]
-    ids = [mk.id for _, m in messages for mk in m.markers]
-    assert len(set(ids)) == len(ids)  # never replace each other
+        assert [c.topic for c in reader.connections] == ["/video3dllm/markers"]
+        raw_messages = [(t, raw) for _, t, raw in reader.messages()]
+        messages = [(t, reader.deserialize(raw, "visualization_msgs/msg/MarkerArray")) for t, raw in raw_messages]
+    assert [t for t, _ in messages] == [row["stamp_ns"] for row in rows]
+    # DELETEALL, then box edges, translucent cube and label per object.
+    assert [len(m.markers) for _, m in messages] == [4, 7, 1, 1]
     for (stamp, msg), row in zip(messages, rows):
+        clear = msg.markers[0]
+        assert clear.action == clear.DELETEALL
+        for mk in msg.markers:
+            assert mk.header.frame_id == "map"
+            assert mk.header.stamp.sec * 10**9 + mk.header.stamp.nanosec == stamp
         for k, obj in enumerate(row["objects"]):
-            box, label = msg.markers[2 * k], msg.markers[2 * k + 1]
-            assert box.header.frame_id == "map" and box.ns == MARKER_NS_BOX and box.type == box.LINE_LIST
-            assert box.header.stamp.sec * 10**9 + box.header.stamp.nanosec == stamp
-            got = np.array([[p.x, p.y, p.z] for p in box.points])
-            np.testing.assert_allclose(got, box_edge_points(obj["center_xyz"], obj["size_xyz"]))
-            assert label.ns == MARKER_NS_LABEL and label.type == label.TEXT_VIEW_FACING
-            assert label.text.startswith(f"Q{row['index']}: ")
+            box, fill, label = msg.markers[1 + 3 * k: 4 + 3 * k]
+            assert (box.ns, box.id, box.type, box.action) == ("video3dllm/box", k, box.LINE_LIST, box.ADD)
+            assert line_list_edges(box) == box_edges(obj["center_xyz"], obj["size_xyz"])
+            assert (fill.ns, fill.id, fill.type) == ("video3dllm/fill", k, fill.CUBE)
+            pos = fill.pose.position
+            assert [pos.x, pos.y, pos.z] == obj["center_xyz"]
+            assert [fill.scale.x, fill.scale.y, fill.scale.z] == obj["size_xyz"]
+            assert fill.color.a == pytest.approx(0.25)
+            assert (label.ns, label.id, label.type) == ("video3dllm/label", k, label.TEXT_VIEW_FACING)
             top = obj["center_xyz"][2] + obj["size_xyz"][2] / 2
-            assert label.pose.position.z > top
-    assert "chair (0.80)" in messages[0][1].markers[1].text
+            assert label.pose.position.z == pytest.approx(top + 0.12)
+    assert messages[0][1].markers[3].text == "chair (0.80)"
+    assert [m.text for m in messages[1][1].markers[3::3]] == ["object 1 (0.60)", "object 2 (0.50)"]
+    # Byte for byte what the node's own function builds for the rebuilt Answer.
+    store = get_typestore(Stores.ROS2_JAZZY)
+    for (stamp, raw), row in zip(raw_messages, rows):
+        expected = answer_to_marker_array(TypestoreFactory(store), Answer.from_dict(row), "map", stamp)
+        assert bytes(raw) == bytes(store.serialize_cdr(expected, "visualization_msgs/msg/MarkerArray"))
     with pytest.raises(FileExistsError, match="already exists"):
         write_markers_bag(bag, rows, "map")
+    bad = [dict(rows[0])]
+    del bad[0]["stamp_ns"]
+    with pytest.raises(ValueError, match="row 0 lacks 'stamp_ns'"):
+        write_markers_bag(tmp_path / "other", bad, "map")
+
+
+def test_ros_conversion_imports_no_rclpy() -> None:
+    """write_markers_bag imports video3dllm_ros.convert/factory: they must not pull in rclpy or a
+    message package (the core never does; a machine without ROS writes markers bags too)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, video3dllm_core.report, video3dllm_ros.convert, video3dllm_ros.factory\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('rclpy', 'std_msgs', 'visualization_msgs', 'sensor_msgs', 'geometry_msgs', 'builtin_interfaces'))\n"
+        "assert 'rclpy' in {m.name for m in __import__('pkgutil').iter_modules()}, 'rclpy not installed here'\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -15,7 +15,7 @@ from scipy.spatial.transform import Rotation
 
 from _ros_support import cdr_roundtrip, interface_typestore
 from video3dllm_core.answer import Answer, GroundedObject
-from video3dllm_core.image_codec import ImageCodecError
+from video3dllm_core.image_codec import CameraInfoSizeError, ImageCodecError, intrinsics_for_depth
 from video3dllm_ros import convert
 from video3dllm_ros.factory import (
     MessageTypeError,
@@ -170,12 +170,16 @@ def test_camera_info_intrinsics_and_size_check() -> None:
     K = np.array([[525.0, 0, 319.5], [0, 526.0, 239.5], [0, 0, 1]])
     for msg in (cdr_roundtrip(STORE, convert.camera_info_msg(TS, K, 640, 480, STAMP, "cam")),
                 rclpy_roundtrip(convert.camera_info_msg(RCL, K, 640, 480, STAMP, "cam"))):
-        assert np.array_equal(convert.intrinsics_from_camera_info(msg, (480, 640)), K)
-        with pytest.raises(ImageCodecError, match=r"640x480 but the depth image is 320x240.*info_topic"):
-            convert.intrinsics_from_camera_info(msg, (240, 320))
+        assert np.array_equal(intrinsics_for_depth(msg, (480, 640)), K)
+        with pytest.raises(CameraInfoSizeError, match=r"640x480 but the depth image is 320x240.*info_topic"):
+            intrinsics_for_depth(msg, (240, 320))
+        depth = convert.image_msg(TS, np.ones((240, 320), np.float32), STAMP, "cam", "32FC1")
+        with pytest.raises(CameraInfoSizeError, match=r"^camera_info is 640x480 but the depth image is 320x240"):
+            convert.posed_frame_from_messages(convert.image_msg(TS, rgb_image(240, 320), STAMP, "cam", "rgb8"),
+                                              depth, msg, np.eye(4))
     uncalibrated = TS.new("sensor_msgs/msg/CameraInfo", width=640, height=480)
     with pytest.raises(ImageCodecError, match="not calibrated"):
-        convert.intrinsics_from_camera_info(uncalibrated)
+        intrinsics_for_depth(uncalibrated)
 
 
 def test_posed_frame_from_messages_matches_the_source_frame() -> None:
@@ -191,7 +195,8 @@ def test_posed_frame_from_messages_matches_the_source_frame() -> None:
     assert np.array_equal(out.rgb, frame.rgb) and np.array_equal(out.depth_m, frame.depth_m)
     assert np.array_equal(out.K_depth, frame.K_depth) and np.array_equal(out.T_world_cam, frame.T_world_cam)
     wrong = rclpy_roundtrip(convert.camera_info_msg(RCL, frame.K_depth, 2 * w, 2 * h, STAMP, "cam"))
-    with pytest.raises(ImageCodecError, match="camera_info width x height"):
+    with pytest.raises(CameraInfoSizeError, match=rf"^camera_info is {2 * w}x{2 * h} but the depth image is {w}x{h}: "
+                                                  r"pass the depth image's own camera_info"):
         convert.posed_frame_from_messages(color, depth, wrong, frame.T_world_cam)
 
 

@@ -6,7 +6,7 @@ robot), never in the internal scene frame, so a caller can draw or act on it dir
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,24 @@ class GroundedObject:
     score: float
     label: str = ""
     proposal_index: int = -1  # index into the candidate boxes of the query, -1 if none
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "object") -> GroundedObject:
+        """Inverse of the per-object dicts in `Answer.to_dict`; extra keys (e.g. a report's "iou") are ignored."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} must be a dict with center_xyz, size_xyz and score, got {type(data).__name__}")
+        vectors = {}
+        for key in ("center_xyz", "size_xyz"):
+            if key not in data:
+                raise ValueError(f"{where} lacks '{key}' (3 numbers, world frame, metres)")
+            vec = np.asarray(data[key], dtype=np.float64)
+            if vec.shape != (3,):
+                raise ValueError(f"{where}.{key} must be 3 numbers, got {data[key]!r}")
+            vectors[key] = (float(vec[0]), float(vec[1]), float(vec[2]))
+        if "score" not in data:
+            raise ValueError(f"{where} lacks 'score' (a number)")
+        return cls(vectors["center_xyz"], vectors["size_xyz"], float(data["score"]), str(data.get("label", "")),
+                   int(data.get("proposal_index", -1)))
 
 
 @dataclass(frozen=True)
@@ -76,3 +94,44 @@ class Answer:
             ]
         out["ok"] = self.ok
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Answer:
+        """Inverse of `to_dict`, also after a JSON round trip (an answers.jsonl row).
+
+        Keys that are not Answer fields (`ok`, and a replay row's `index`, `stamp_ns`, ...) are
+        ignored; missing optional fields take their defaults. Raises ValueError naming the field.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"an answer must be a dict (an Answer.to_dict() / answers.jsonl row), got {type(data).__name__}")
+        for key in ("question", "task"):
+            if key not in data:
+                raise ValueError(f"answer dict lacks '{key}'")
+        timings = data.get("timings") or {}
+        if not isinstance(timings, dict):
+            raise ValueError(f"answer timings must be a dict of stage seconds, got {timings!r}")
+        stage_names = {f.name for f in fields(Timings)}
+        poses = []
+        for i, T in enumerate(data.get("keyframe_poses") or ()):
+            pose = np.asarray(T, dtype=np.float64)
+            if pose.shape != (4, 4):
+                raise ValueError(f"keyframe_poses[{i}] must be a 4x4 matrix, got shape {pose.shape}")
+            poses.append(pose)
+        no_object = data.get("no_object_score")
+        error = data.get("error")
+        return cls(
+            question=str(data["question"]),
+            task=str(data["task"]),
+            text=str(data.get("text", "")),
+            objects=tuple(GroundedObject.from_dict(o, f"objects[{i}]") for i, o in enumerate(data.get("objects") or ())),
+            keyframe_stamps_ns=tuple(int(t) for t in data.get("keyframe_stamps_ns") or ()),
+            keyframe_poses=tuple(poses),
+            coverage=float(data.get("coverage", 0.0)),
+            timings=Timings(**{k: float(v) for k, v in timings.items() if k in stage_names}),
+            warnings=tuple(str(w) for w in data.get("warnings") or ()),
+            error=None if error is None else str(error),
+            cache_hit=bool(data.get("cache_hit", False)),
+            candidates=tuple(GroundedObject.from_dict(o, f"candidates[{i}]")
+                             for i, o in enumerate(data.get("candidates") or ())),
+            no_object_score=None if no_object is None else float(no_object),
+        )

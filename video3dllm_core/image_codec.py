@@ -38,6 +38,7 @@ from PIL import Image as PILImage
 
 __all__ = [
     "ImageCodecError",
+    "CameraInfoSizeError",
     "COLOR_ENCODINGS",
     "DEPTH_ENCODINGS",
     "is_compressed",
@@ -46,6 +47,7 @@ __all__ = [
     "image_to_array",
     "camera_info_k",
     "camera_info_size",
+    "intrinsics_for_depth",
     "encode_rgb_image",
     "encode_depth_image",
     "encode_rgb_compressed",
@@ -56,6 +58,14 @@ __all__ = [
 
 class ImageCodecError(ValueError):
     """An image message that cannot be decoded; the message names the field and the fix."""
+
+
+class CameraInfoSizeError(ImageCodecError):
+    """A camera_info declares another resolution than the depth image it is paired with.
+
+    A subclass so that a caller can treat it apart from broken intrinsics: the bag source drops
+    such a frame (a recording may mix streams), while an uncalibrated K fails the whole bag.
+    """
 
 
 # encoding -> (numpy dtype, channels)
@@ -252,6 +262,28 @@ def camera_info_k(msg: Any) -> np.ndarray:
 def camera_info_size(msg: Any) -> tuple[int, int]:
     """(width, height) declared by a CameraInfo; (0, 0) when the driver left them unset."""
     return int(getattr(msg, "width", 0) or 0), int(getattr(msg, "height", 0) or 0)
+
+
+def intrinsics_for_depth(info_msg: Any, depth_shape: tuple[int, ...] | None = None,
+                         info_name: str = "camera_info") -> np.ndarray:
+    """CameraInfo -> 3x3 intrinsics of the depth image of shape `depth_shape` (h, w, ...).
+
+    The one check shared by the ROS node and the bag source: `camera_info_k` validates K
+    (ImageCodecError), then the camera_info's declared width/height must equal the depth image's
+    (CameraInfoSizeError), since otherwise K belongs to another resolution, e.g. the colour
+    camera_info paired with unaligned depth. A camera_info without width/height (0, left unset
+    by some drivers) or `depth_shape=None` skips the size check. `info_name` names the message
+    in the error (e.g. "camera_info on /camera/aligned_depth_to_color/camera_info").
+    """
+    K = camera_info_k(info_msg)
+    width, height = camera_info_size(info_msg)
+    if depth_shape is not None and width and height and (height, width) != tuple(depth_shape[:2]):
+        raise CameraInfoSizeError(
+            f"{info_name} is {width}x{height} but the depth image is {depth_shape[1]}x{depth_shape[0]}: pass the depth "
+            "image's own camera_info, e.g. aligned_depth_to_color/camera_info (node parameter info_topic, "
+            "replay --info-topic)"
+        )
+    return K
 
 
 # ---------------------------------------------------------------------- encoders

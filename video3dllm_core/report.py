@@ -20,8 +20,8 @@ Files written by `write_report(out_dir, ...)`:
                    coverage as a dot at the time it was asked
     latency.png    histogram of each query stage's latency (ms), one panel per stage that ran
 
-`write_markers_bag` writes the grounded boxes as visualization_msgs/msg/MarkerArray into a
-rosbag2 (MCAP) so they can be played next to the recording in RViz.
+`write_markers_bag` writes each answer as the visualization_msgs/msg/MarkerArray the ROS node
+publishes for it into a rosbag2 (MCAP), so the answers can be played next to the recording in RViz.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from video3dllm_core.answer import Answer
+
 __all__ = [
     "STAGES",
-    "box_edge_points",
     "latency_stats",
     "write_jsonl",
     "read_jsonl",
@@ -46,14 +47,10 @@ __all__ = [
     "plot_coverage",
     "plot_latency",
     "write_markers_bag",
-    "MARKER_NS_BOX",
-    "MARKER_NS_LABEL",
 ]
 
 # Timings fields of an Answer, in pipeline order (total_s last).
 STAGES = ("selection_s", "vision_s", "proposals_s", "prefill_s", "decode_s", "grounding_s", "total_s")
-MARKER_NS_BOX = "video3dllm/boxes"
-MARKER_NS_LABEL = "video3dllm/labels"
 MAX_PLOT_POINTS = 80_000
 _PALETTE = (
     (0.12, 0.47, 0.71), (1.0, 0.50, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15, 0.16), (0.58, 0.40, 0.74),
@@ -62,21 +59,11 @@ _PALETTE = (
 
 
 def query_colour(index: int) -> tuple[float, float, float]:
-    """The colour of query `index` in every figure and marker (tab10, cycling)."""
+    """The colour of query `index` in every figure (tab10, cycling)."""
     return _PALETTE[index % len(_PALETTE)]
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def box_edge_points(center_xyz: Sequence[float], size_xyz: Sequence[float]) -> np.ndarray:
-    """(24, 3) endpoints of the 12 edges of an axis-aligned box, in LINE_LIST order (pairs)."""
-    c = np.asarray(center_xyz, dtype=np.float64)
-    h = np.asarray(size_xyz, dtype=np.float64) / 2
-    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
-    pts = c + corners * h  # corner i has bits (x, y, z) = (i >> 2, i >> 1, i) & 1
-    edges = [(i, i ^ bit) for i in range(8) for bit in (1, 2, 4) if i < i ^ bit]
-    return np.array([pts[k] for edge in edges for k in edge])
 
 
 def latency_stats(rows: Iterable[dict[str, Any]], stages: Sequence[str] = STAGES) -> dict[str, dict[str, float]]:
@@ -433,75 +420,44 @@ def write_markers_bag(
     rows: Sequence[dict[str, Any]],
     world_frame: str,
     topic: str = "/video3dllm/markers",
-    line_width_m: float = 0.02,
-    text_height_m: float = 0.15,
+    lifetime_s: float = 0.0,
 ) -> int:
-    """Write each answer's grounded boxes as one MarkerArray message into a new rosbag2 (MCAP).
+    """Write each answer row as the MarkerArray the node publishes for it into a new rosbag2 (MCAP).
 
-    One message per answer row that has objects, stamped (header and log time) with the row's
-    `stamp_ns` (the bag time the query was asked), in `world_frame`. Per object two markers:
-    a LINE_LIST of the 12 box edges (ns MARKER_NS_BOX) and a TEXT_VIEW_FACING label
-    "Q<index>: <label or answer text> (<score>)" just above the box (ns MARKER_NS_LABEL); ids
-    count up over the whole bag, so markers of different queries never replace each other.
-    Returns the number of messages written. The bag must not exist yet (rosbag2 never overwrites).
+    The markers are built by `video3dllm_ros.convert.answer_to_marker_array` (the node's own
+    function, here with `rosbags` messages), so playing the bag shows exactly what the live node
+    shows: per answer a DELETEALL (clearing the previous answer's boxes, as a QA answer or a
+    failed query does live), then per object the box edges (LINE_LIST), a translucent CUBE and a
+    label with score (the best object's also carries the answer text). One message per row, in
+    row order, stamped (header and log time) with the row's `stamp_ns` (the bag time the query
+    was asked), in `world_frame`; the rows are answers.jsonl dicts (`Answer.from_dict`). Returns
+    the number of messages written. The bag must not exist yet (rosbag2 never overwrites).
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
 
+    # Imported here: video3dllm_ros.convert / .factory import no rclpy or message package, only
+    # the core and numpy; the typestore factory builds rosbags dataclasses.
+    from video3dllm_ros.convert import answer_to_marker_array
+    from video3dllm_ros.factory import TypestoreFactory
+
     out = Path(path)
     if out.exists():
         raise FileExistsError(f"markers bag {out} already exists; rosbag2 writers never overwrite, choose a new path")
+    answers = []
+    for i, row in enumerate(rows):
+        if "stamp_ns" not in row:
+            raise ValueError(f"answer row {i} lacks 'stamp_ns' (the bag time the query was asked)")
+        try:
+            answers.append((int(row["stamp_ns"]), Answer.from_dict(row)))
+        except ValueError as exc:
+            raise ValueError(f"answer row {i}: {exc}") from None
     ts = get_typestore(Stores.ROS2_JAZZY)
-    T = ts.types
-    Time, Duration = T["builtin_interfaces/msg/Time"], T["builtin_interfaces/msg/Duration"]
-    Header, ColorRGBA = T["std_msgs/msg/Header"], T["std_msgs/msg/ColorRGBA"]
-    Point, Vector3 = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Vector3"]
-    Pose, Quaternion = T["geometry_msgs/msg/Pose"], T["geometry_msgs/msg/Quaternion"]
-    Marker, MarkerArray = T["visualization_msgs/msg/Marker"], T["visualization_msgs/msg/MarkerArray"]
-    CompressedImage, MeshFile = T["sensor_msgs/msg/CompressedImage"], T["visualization_msgs/msg/MeshFile"]
+    factory = TypestoreFactory(ts)
     msgtype = "visualization_msgs/msg/MarkerArray"
-    ADD: int = getattr(Marker, "ADD")  # class constants of the generated type (mypy sees MsgType)
-    LINE_LIST: int = getattr(Marker, "LINE_LIST")
-    TEXT_VIEW_FACING: int = getattr(Marker, "TEXT_VIEW_FACING")
-
-    def marker(header: Any, ns: str, mid: int, mtype: int, position: Sequence[float], scale: Sequence[float],
-               rgb: Sequence[float], points: np.ndarray | None = None, text: str = "") -> Any:
-        return Marker(
-            header=header, ns=ns, id=mid, type=mtype, action=ADD,
-            pose=Pose(position=Point(x=float(position[0]), y=float(position[1]), z=float(position[2])),
-                      orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)),
-            scale=Vector3(x=float(scale[0]), y=float(scale[1]), z=float(scale[2])),
-            color=ColorRGBA(r=float(rgb[0]), g=float(rgb[1]), b=float(rgb[2]), a=1.0),
-            lifetime=Duration(sec=0, nanosec=0), frame_locked=False,
-            points=[Point(x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in (points if points is not None else [])],
-            colors=[], texture_resource="",
-            texture=CompressedImage(header=header, format="", data=np.zeros(0, dtype=np.uint8)),
-            uv_coordinates=[], text=text, mesh_resource="",
-            mesh_file=MeshFile(filename="", data=np.zeros(0, dtype=np.uint8)), mesh_use_embedded_materials=False,
-        )
-
-    written = 0
-    next_id = 0
     with Writer(out, version=8, storage_plugin=StoragePlugin.MCAP) as writer:  # type: ignore[arg-type]
         conn = writer.add_connection(topic, msgtype, typestore=ts)
-        for row in rows:
-            objects = row.get("objects") or []
-            if not objects:
-                continue
-            stamp = int(row["stamp_ns"])
-            header = Header(stamp=Time(sec=stamp // 1_000_000_000, nanosec=stamp % 1_000_000_000), frame_id=world_frame)
-            rgb = query_colour(int(row.get("index", 0)))
-            markers = []
-            for obj in objects:
-                c, s = obj["center_xyz"], obj["size_xyz"]
-                markers.append(marker(header, MARKER_NS_BOX, next_id, LINE_LIST, (0, 0, 0),
-                                      (line_width_m, 0, 0), rgb, box_edge_points(c, s)))
-                what = obj.get("label") or row.get("text") or row.get("question", "")
-                label = f"Q{row.get('index', '')}: {str(what)[:60]} ({float(obj.get('score', 0.0)):.2f})"
-                markers.append(marker(header, MARKER_NS_LABEL, next_id + 1, TEXT_VIEW_FACING,
-                                      (c[0], c[1], c[2] + s[2] / 2 + text_height_m), (0, 0, text_height_m), rgb,
-                                      text=label))
-                next_id += 2
-            writer.write(conn, stamp, ts.serialize_cdr(MarkerArray(markers=markers), msgtype))
-            written += 1
-    return written
+        for stamp, answer in answers:
+            msg = answer_to_marker_array(factory, answer, world_frame, stamp, lifetime_s=lifetime_s)
+            writer.write(conn, stamp, ts.serialize_cdr(msg, msgtype))
+    return len(answers)

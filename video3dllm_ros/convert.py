@@ -25,13 +25,15 @@ from scipy.spatial.transform import Rotation
 
 from video3dllm_core.answer import Answer, GroundedObject
 from video3dllm_core.frame import PosedFrame
-from video3dllm_core.geometry import transform_from_translation_quaternion, translation_quaternion_from_transform
+from video3dllm_core.geometry import (
+    box_edge_points,
+    transform_from_translation_quaternion,
+    translation_quaternion_from_transform,
+)
 from video3dllm_core.image_codec import (
     COLOR_ENCODINGS,
     DEPTH_ENCODINGS,
     ImageCodecError,
-    camera_info_k,
-    camera_info_size,
     decode_depth_m,
     decode_rgb,
     encode_camera_info,
@@ -39,6 +41,7 @@ from video3dllm_core.image_codec import (
     encode_depth_image,
     encode_rgb_compressed,
     encode_rgb_image,
+    intrinsics_for_depth,
 )
 from video3dllm_core.tf_buffer import stamp_to_ns
 from video3dllm_ros.factory import MessageFactory
@@ -64,13 +67,11 @@ __all__ = [
     "image_msg",
     "compressed_image_msg",
     "camera_info_msg",
-    "intrinsics_from_camera_info",
     "posed_frame_from_messages",
     "transform_to_matrix",
     "pose_to_matrix",
     "matrix_to_pose",
     "matrix_to_transform_stamped",
-    "box_edge_points",
     "answer_to_marker_array",
     "answer_to_detection_array",
     "grounded_object_msg",
@@ -169,32 +170,17 @@ def camera_info_msg(factory: MessageFactory, K: np.ndarray, width: int, height: 
     )
 
 
-def intrinsics_from_camera_info(msg: Any, depth_shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """CameraInfo -> 3x3 intrinsics, checking its declared size against the depth image it describes.
-
-    Raises ImageCodecError (a ValueError) for uncalibrated or broken K, or when camera_info's
-    width/height differ from `depth_shape` (h, w): the intrinsics would belong to another
-    resolution (e.g. the colour camera_info with unaligned depth).
-    """
-    K = camera_info_k(msg)
-    width, height = camera_info_size(msg)
-    if depth_shape is not None and width and height and (height, width) != tuple(depth_shape[:2]):
-        raise ImageCodecError(
-            f"camera_info width x height = {width}x{height} but the depth image is {depth_shape[1]}x{depth_shape[0]}: "
-            "subscribe to the depth image's own camera_info (info_topic), e.g. aligned_depth_to_color/camera_info"
-        )
-    return K
-
-
 def posed_frame_from_messages(color: Any, depth: Any, info: Any, T_world_cam: np.ndarray, stamp_ns: int | None = None) -> PosedFrame:
     """Colour + depth + camera_info messages and a pose -> validated PosedFrame.
 
-    The stamp defaults to the colour header stamp. Raises ImageCodecError or FrameError (both
-    ValueError) naming the field at fault.
+    The stamp defaults to the colour header stamp; K comes from `image_codec.intrinsics_for_depth`
+    (the bag source's check too: camera_info must describe the depth image's resolution). Raises
+    ImageCodecError (CameraInfoSizeError for a size mismatch) or FrameError, all ValueError,
+    naming the field at fault.
     """
     rgb = decode_rgb(color)
     depth_m = decode_depth_m(depth)
-    K = intrinsics_from_camera_info(info, depth_m.shape)
+    K = intrinsics_for_depth(info, depth_m.shape)
     stamp = stamp_to_ns(color.header.stamp) if stamp_ns is None else int(stamp_ns)
     return PosedFrame(stamp_ns=stamp, rgb=rgb, depth_m=depth_m, K_depth=K, T_world_cam=np.asarray(T_world_cam, dtype=np.float64))
 
@@ -264,15 +250,6 @@ def poses_to_pose_array(factory: MessageFactory, poses: Iterable[np.ndarray], fr
 
 
 # ------------------------------------------------------------------------ answers
-def box_edge_points(center_xyz: ArrayLike, size_xyz: ArrayLike) -> np.ndarray:
-    """[24, 3] endpoints of the 12 edges of an axis-aligned box (pairs, as LINE_LIST wants)."""
-    c = np.asarray(center_xyz, dtype=np.float64)
-    h = np.asarray(size_xyz, dtype=np.float64) / 2.0
-    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
-    edges = [(i, j) for i in range(8) for j in range(i + 1, 8) if np.sum(corners[i] != corners[j]) == 1]
-    return np.array([c + corners[k] * h for edge in edges for k in edge])
-
-
 def _colour(factory: MessageFactory, index: int, alpha: float) -> Any:
     r, g, b = _PALETTE[index % len(_PALETTE)]
     return factory.new("std_msgs/msg/ColorRGBA", r=r, g=g, b=b, a=float(alpha))

@@ -52,11 +52,11 @@ from typing import Any
 from video3dllm_core.bag_writer import SceneBagTopics  # one source of truth for the default names
 from video3dllm_core.frame import FrameError, PosedFrame
 from video3dllm_core.image_codec import (
+    CameraInfoSizeError,
     ImageCodecError,
-    camera_info_k,
-    camera_info_size,
     decode_depth_m,
     decode_rgb,
+    intrinsics_for_depth,
 )
 from video3dllm_core.sources.base import FrameSource
 from video3dllm_core.sync import RgbdSet, RgbdSynchronizer
@@ -381,17 +381,12 @@ class RosbagSource(FrameSource):
         except ImageCodecError as exc:
             raise RosbagError(f"bag {self.path}: {self.depth_topic} {where}: {exc}") from None
         try:
-            K = camera_info_k(s.info)
-        except ImageCodecError as exc:
-            raise RosbagError(f"bag {self.path}: {self.info_topic}: {exc}") from None
-        width, height = camera_info_size(s.info)
-        if width and height and (height, width) != depth_m.shape:
-            self._drop(
-                "invalid_frame",
-                f"frame {where}: camera_info on {self.info_topic} is {width}x{height} but the depth image is "
-                f"{depth_m.shape[1]}x{depth_m.shape[0]}; pass the depth image's own camera_info (--info-topic)",
-            )
+            K = intrinsics_for_depth(s.info, depth_m.shape, f"camera_info on {self.info_topic}")
+        except CameraInfoSizeError as exc:  # another stream's camera_info: this frame is unusable
+            self._drop("invalid_frame", f"frame {where}: {exc}")
             return None
+        except ImageCodecError as exc:  # broken or uncalibrated K: every frame would be wrong
+            raise RosbagError(f"bag {self.path}: {self.info_topic}: {exc}") from None
         try:
             return PosedFrame(stamp_ns=s.stamp_ns, rgb=rgb, depth_m=depth_m, K_depth=K, T_world_cam=T_world_cam)
         except FrameError as exc:
