@@ -9,9 +9,9 @@ their bag times, and writes into --out:
                     peak memory, coverage over time
     report.html     + birdseye.png, coverage.png, latency.png
 
---markers-bag OUT also writes the grounded boxes as visualization_msgs/MarkerArray into a new
-rosbag2 (MCAP) at OUT, in the world frame, stamped at the query times (play it next to the
-recording in RViz).
+--markers-bag OUT also writes each answer as the visualization_msgs/MarkerArray the ROS node
+publishes for it (grounded boxes, labels) into a new rosbag2 (MCAP) at OUT, in the world frame,
+stamped at the query times (play it next to the recording in RViz).
 
 Exit status: 0 when at least one query was answered; 1 when every query failed (each failure
 is in answers.jsonl with its error); 2 for bad input (unreadable or empty bag, missing topic,
@@ -24,6 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+
+from video3dllm_core.commands.source_args import add_source_arguments, source_options
 
 ANSWER_PRINT_CHARS = 160  # longer answers are cut on the terminal (answers.jsonl has them whole)
 HELP = "replay a rosbag2 / posed-images recording through the scene engine, ask questions, write a report"
@@ -48,12 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="keyframe budget per query (default 32)")
     p.add_argument("--voxel-size", type=float, default=None, help="coverage voxel size in metres (default 0.1)")
     p.add_argument("--markers-bag", default=None, metavar="OUT", help="also write the answers as a MarkerArray rosbag2 (MCAP)")
-    bag = p.add_argument_group("rosbag2 options (defaults: realsense-ros 4.x topics)")
-    bag.add_argument("--world-frame", default=None, help="TF frame of the poses and outputs (default map)")
-    bag.add_argument("--rgb-topic", default=None, help="colour topic, Image or CompressedImage")
-    bag.add_argument("--depth-topic", default=None, help="depth topic (aligned to colour)")
-    bag.add_argument("--info-topic", default=None, help="camera_info of the depth topic")
-    bag.add_argument("--sync-slop", type=float, default=None, help="colour/depth pairing slop in seconds (default 0.02)")
+    add_source_arguments(p, world_frame_help="TF frame of the poses and outputs (default map)")
 
 
 def engine_config(args: argparse.Namespace, model: str | None) -> Any:
@@ -81,17 +78,6 @@ def load_engine(args: argparse.Namespace, model: str | None) -> Any:
     if model is not None and not Path(model).is_dir():
         raise FileNotFoundError(f"--model {model} is not a directory; pass a checkpoint directory (config.json, weights)")
     return SceneEngine.load(engine_config(args, model))
-
-
-def _source_options(args: argparse.Namespace) -> dict[str, Any]:
-    options = {
-        "world_frame": args.world_frame,
-        "rgb_topic": args.rgb_topic,
-        "depth_topic": args.depth_topic,
-        "info_topic": args.info_topic,
-        "sync_slop_s": args.sync_slop,
-    }
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def print_answer(row: dict[str, Any], file: Any = None) -> None:
@@ -151,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     markers = Path(args.markers_bag) if args.markers_bag else None
     if markers is not None and markers.exists():
         raise FileExistsError(f"--markers-bag {markers} already exists; rosbag2 writers never overwrite, choose a new path")
-    with open_source(args.source, **_source_options(args)) as source:  # bag/topic errors before the model loads
+    with open_source(args.source, **source_options(args)) as source:  # bag/topic errors before the model loads
         engine = load_engine(args, args.model)
         total = len(source) if hasattr(source, "__len__") else None
         if total is None and hasattr(source, "topics") and hasattr(source, "rgb_topic"):

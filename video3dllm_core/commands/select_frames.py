@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from video3dllm_core.commands.source_args import add_source_arguments, source_options
+
 HELP = "select keyframes (max-coverage or uniform) of a posed-images directory or a rosbag2"
 
 
@@ -49,12 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="mc",
         help="max-coverage greedy (mc, mc-ratio90/95 as upstream) or uniform sampling (default mc)",
     )
-    bag = p.add_argument_group("rosbag2 options (defaults: realsense-ros 4.x topics)")
-    bag.add_argument("--world-frame", default=None, help="TF frame of the output poses (default map)")
-    bag.add_argument("--rgb-topic", default=None, help="colour topic, Image or CompressedImage")
-    bag.add_argument("--depth-topic", default=None, help="depth topic (aligned to colour)")
-    bag.add_argument("--info-topic", default=None, help="camera_info of the depth topic")
-    bag.add_argument("--sync-slop", type=float, default=None, help="colour/depth pairing slop in seconds (default 0.02)")
+    add_source_arguments(p, world_frame_help="TF frame of the output poses (default map)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of a table")
 
 
@@ -65,18 +62,6 @@ class _Candidate:
     stamp_ns: int
     T_world_cam: np.ndarray
     voxel_keys: np.ndarray
-
-
-def _source_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the options the user gave, so a posed-images directory is not handed bag options."""
-    options = {
-        "world_frame": args.world_frame,
-        "rgb_topic": args.rgb_topic,
-        "depth_topic": args.depth_topic,
-        "info_topic": args.info_topic,
-        "sync_slop_s": args.sync_slop,
-    }
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _drop_text(source: Any) -> str:
@@ -108,7 +93,7 @@ def select_frames(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     t_read = t_vox = 0.0
     candidates: list[_Candidate] = []
-    with open_source(args.source, **_source_options(args)) as source:
+    with open_source(args.source, **source_options(args)) as source:
         total = None
         if hasattr(source, "__len__"):
             total = len(source)

@@ -128,7 +128,7 @@ class VisionCache:
         world, patch = scene_coords(frame, scene, ingest_config)
         device = model.device
         patch_t = torch.from_numpy(patch).to(device=device, dtype=torch.float32)
-        pe_coords = model._pe_coords(patch_t[None])[0]
+        pe_coords = model.pe_coords(patch_t[None])[0]
         entry.world_coords = torch.from_numpy(world).to(device=device, dtype=torch.float32)
         entry.patch_coords = patch_t
         entry.pe_coords = pe_coords

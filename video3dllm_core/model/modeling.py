@@ -239,13 +239,21 @@ class Video3DLLM(nn.Module):
                 raise ValueError(
                     f"patch_world_coords must be [V={frames}, {side}, {side}, 3], got {tuple(patch_coords.shape)}"
                 )
-        pe_coords = self._pe_coords(patch_coords)
+        pe_coords = self.pe_coords(patch_coords)
         pe = sin3d_embedding(pe_coords.flatten(1, 2), self.hidden_size)
         block = image_block(pooled + pe.to(pooled.dtype), self.image_newline)
         return VisualFeatures(siglip=siglip, projected=projected, pooled=pooled, patch_coords=patch_coords,
                               pe_coords=pe_coords, position_embedding=pe, image_block=block, world_coords=coords)
 
-    def _pe_coords(self, coords: torch.Tensor) -> torch.Tensor:
+    def pe_coords(self, coords: torch.Tensor) -> torch.Tensor:
+        """Coordinates ``[..., 3]`` (scene frame, metres) as fed to the sinusoidal 3D position embedding.
+
+        With ``config.discrete_positions`` (the upstream default) they are clamped to
+        ``[min_xyz_range, max_xyz_range]`` and discretised to voxel indices of ``voxel_size``;
+        otherwise they pass through unchanged. Public because the engine's per-frame vision cache
+        recomputes position embeddings when the scene frame moves and must use the very same
+        arithmetic as ``encode_frames``, ``location_embedding`` and ``object_features``.
+        """
         cfg = self.config
         if cfg.discrete_positions:
             return discretize_coords(coords, cfg.min_xyz_range, cfg.max_xyz_range, cfg.voxel_size)
@@ -256,7 +264,7 @@ class Video3DLLM(nn.Module):
         point = torch.as_tensor(np.asarray(xyz, dtype=np.float32)).to(self.device)
         if point.shape != (3,):
             raise ValueError(f"a location must be 3 numbers (x, y, z), got shape {tuple(point.shape)}")
-        coords = self._pe_coords(point[None])[0]
+        coords = self.pe_coords(point[None])[0]
         return coords, sin3d_embedding(coords[None], self.hidden_size)[0]
 
     # ------------------------------------------------------------------ sequence
@@ -366,7 +374,7 @@ class Video3DLLM(nn.Module):
         counts = patch_inside_counts(visual.world_coords, box, tower.patch_size, tower.grid)
         mask = counts >= min_inside_points(tower.patch_size)
         before = mean_selected_features(visual.projected, mask)
-        centers = self._pe_coords(box[:, :3])
+        centers = self.pe_coords(box[:, :3])
         center_pe = sin3d_embedding(centers, self.hidden_size)
         features = before + center_pe.to(before.dtype)
         return ObjectFeatures(features=features, before_pe=before, center_discrete=centers, center_pe=center_pe,
