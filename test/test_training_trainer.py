@@ -243,3 +243,21 @@ def test_two_process_data_parallel_run(bench: Path, tmp_path: Path) -> None:
     assert (state / "random_states_0.pkl").is_file() and (state / "random_states_1.pkl").is_file()
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     Video3DLLM.from_pretrained(out / "checkpoint-3", device="cpu", dtype=torch.float32)
+
+
+def test_metrics_logger_writes_jsonl_and_tensorboard_events_that_read_back(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from video3dllm_training.trainer import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, enabled=True, tensorboard=True)
+    records = [{"step": 1, "loss": 2.5, "lr": 1e-3, "task": "scanqa"}, {"step": 2, "loss": 1.25, "lr": 5e-4}]
+    for record in records:
+        logger.log(record)
+    logger.close()
+    assert [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == records
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["loss", "lr"]  # strings and the step are not scalars
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 2.5), (2, 1.25)]
+    assert [e.step for e in events.Scalars("lr")] == [1, 2]

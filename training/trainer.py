@@ -281,7 +281,7 @@ def _rotate(output_dir: Path, keep: int | None) -> None:
 
 # ------------------------------------------------------------------------------------------ logging
 class MetricsLogger:
-    """metrics.jsonl (always) plus TensorBoard event files when the `tensorboard` package is installed."""
+    """metrics.jsonl plus TensorBoard event files (a pinned requirement; without it, metrics.jsonl only)."""
 
     def __init__(self, output_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled
