@@ -104,7 +104,7 @@ def context() -> Iterator[rclpy.Context]:
     rclpy.try_shutdown(context=ctx)
 
 
-def make_rig(ctx: rclpy.Context, **overrides: Any) -> tuple[Rig, MultiThreadedExecutor, threading.Thread]:
+def make_rig(ctx: rclpy.Context, **overrides: Any) -> tuple[Rig, Callable[[], None]]:
     params = {"model_path": str(CHECKPOINT), "pose_source": "topic", "world_frame": "map", "max_new_tokens": 6,
               "rgb_topic": "/test/rgb", "depth_topic": "/test/depth", "info_topic": "/test/info",
               "tf_timeout_s": 0.3, "diagnostics_period_s": 0.2, **overrides}
@@ -129,20 +129,37 @@ def make_rig(ctx: rclpy.Context, **overrides: Any) -> tuple[Rig, MultiThreadedEx
     executor = MultiThreadedExecutor(num_threads=4, context=ctx)
     executor.add_node(node)
     executor.add_node(driver)
-    thread = threading.Thread(target=executor.spin, daemon=True)
+    stop = threading.Event()
+
+    def spin() -> None:
+        # spin_once in a loop, not executor.spin(): shutting an executor down while another thread
+        # is inside spin() races with pending tasks' guard conditions (rclpy InvalidHandle).
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    thread = threading.Thread(target=spin, daemon=True)
     thread.start()
     wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()), what="subscriptions matched")
-    return rig, executor, thread
+
+    def teardown() -> None:
+        for timer in list(node.timers):  # no timer callback may be in flight when the executor shuts down
+            node.destroy_timer(timer)
+        time.sleep(0.2)
+        stop.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "executor thread did not stop"
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+
+    return rig, teardown
 
 
 @pytest.fixture
 def rig(context: rclpy.Context) -> Iterator[Rig]:
-    rig, executor, thread = make_rig(context)
+    rig, teardown = make_rig(context)
     yield rig
-    executor.shutdown()
-    thread.join(timeout=5)
-    rig.node.destroy_node()
-    rig.driver.destroy_node()
+    teardown()
 
 
 def test_parameters_come_from_the_yaml_with_descriptions(rig: Rig) -> None:
@@ -306,17 +323,14 @@ def test_bad_requests_and_engine_failures_answer_with_an_error(rig: Rig, monkeyp
 
 
 def test_compressed_transports(context: rclpy.Context) -> None:
-    rig, executor, thread = make_rig(context, rgb_transport="compressed", depth_transport="compressedDepth",
-                                     rgb_topic="/test/rgb/compressed", depth_topic="/test/depth/compressedDepth")
+    rig, teardown = make_rig(context, rgb_transport="compressed", depth_transport="compressedDepth",
+                             rgb_topic="/test/rgb/compressed", depth_topic="/test/depth/compressedDepth")
     try:
         rig.publish_all(5)
         assert rig.node.stats()["dropped"] == {}
         assert rig.node.handle_query({"question": "what is in the room?", "task": "qa"})["success"]
     finally:
-        executor.shutdown()
-        thread.join(timeout=5)
-        rig.node.destroy_node()
-        rig.driver.destroy_node()
+        teardown()
 
 
 def test_pose_source_tf_without_tf2_refuses_to_start_with_the_fix(context: rclpy.Context,
