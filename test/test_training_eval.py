@@ -89,3 +89,18 @@ def test_grounding_with_a_shared_prefix_equals_the_full_path(bench: Path, model:
         assert rec["pred_index"] == index
         np.testing.assert_allclose(rec["pred_response"], boxes[rec["scene_id"]][index])
         np.testing.assert_allclose(rec["gt_response"], ann["box"])
+
+
+def test_sqa3d_metrics_split_by_the_upstream_question_type_when_the_benchmark_has_its_own() -> None:
+    from video3dllm_training.evaluate import compute_metrics
+
+    rows = [
+        {"task": "sqa3d", "pred_response": "left", "gt_response": "left", "question_type": "relation",
+         "upstream_question_type": "which"},
+        {"task": "sqa3d", "pred_response": "two", "gt_response": "three", "question_type": "count",
+         "upstream_question_type": "how"},
+        {"task": "sqa3d", "pred_response": "red", "gt_response": "red", "question_type": "what"},  # upstream data
+    ]
+    metrics = compute_metrics("sqa3d", rows)
+    assert metrics["em"] == {"all": 2 / 3, "which": 1.0, "how": 0.0, "what": 1.0}
+    assert metrics["count"]["all"] == 3

@@ -180,6 +180,9 @@ def _answer_one(model: Video3DLLM, tokenizer: Any, ann: Annotation, prompt: Any,
         "question_type": ann.question_type,
         "prompt": ann.human,
     }
+    upstream_type = ann.raw.get("metadata", {}).get("upstream_question_type")
+    if upstream_type is not None:  # the synthetic benchmark keeps upstream's type beside its own
+        record["upstream_question_type"] = str(upstream_type)
     if ann.task.is_grounding:
         merged = model.build_inputs_embeds(prompt.input_ids, visual)
         scores = model.ground(merged, objects, prefix=prefix).scores
@@ -243,7 +246,9 @@ def compute_metrics(task: str | Task, records: Sequence[dict[str, Any]], meteor:
                                 [r.get("pred_box") for r in rows], [r["gt_box"] for r in rows], meteor=meteor)
     if t is Task.SCANQA:
         return scanqa_metrics([r["pred_response"] for r in rows], [r["gt_response"] for r in rows], meteor=meteor)
-    return sqa3d_metrics([r["pred_response"] for r in rows], [r["gt_response"] for r in rows], qtypes)
+    # SQA3D reports EM per upstream type (what/is/how/can/which/others).
+    sqa_types = [str(r.get("upstream_question_type", r.get("question_type"))) for r in rows]
+    return sqa3d_metrics([r["pred_response"] for r in rows], [r["gt_response"] for r in rows], sqa_types)
 
 
 def evaluate(cfg: EvalConfig, model: Video3DLLM | None = None) -> EvalResult:
