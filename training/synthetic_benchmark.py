@@ -70,7 +70,7 @@ import numpy as np
 from video3dllm_core.model.prompts import Task, human_turn
 from video3dllm_core.synthetic import CATALOGUE, COLOURS, GENERATOR_VERSION as SCENE_GENERATOR_VERSION
 from video3dllm_core.synthetic import SceneObject, SceneSpec, build_meshes, make_scene, write_synthetic_scene
-from video3dllm_core.synthetic.scene import OBJECT_GAP, WALL_MARGIN
+from video3dllm_core.synthetic.scene import place_on_floor
 from video3dllm_training import relations as rel
 from video3dllm_training.data.boxes import write_box_file
 from video3dllm_training.metrics.answers import sqa3d_question_type
@@ -177,18 +177,10 @@ def make_benchmark_scene(seed: int, min_objects: int = 6, max_objects: int = 10)
     footprints: list[tuple[float, float, float, float]] = []
     for _, lab, shape, params, colour in drawn:
         dx, dy, dz = _extent(shape, params)
-        half_x, half_y = lx / 2 - WALL_MARGIN - dx / 2, ly / 2 - WALL_MARGIN - dy / 2
-        if half_x <= 0 or half_y <= 0:
+        centre = place_on_floor(rng, (lx, ly), (dx, dy), footprints)
+        if centre is None:
             continue
-        for _ in range(200):
-            cx, cy = float(rng.uniform(-half_x, half_x)), float(rng.uniform(-half_y, half_y))
-            fp = (cx - dx / 2, cy - dy / 2, cx + dx / 2, cy + dy / 2)
-            if all(fp[2] + OBJECT_GAP <= o[0] or o[2] + OBJECT_GAP <= fp[0] or fp[3] + OBJECT_GAP <= o[1]
-                   or o[3] + OBJECT_GAP <= fp[1] for o in footprints):
-                break
-        else:
-            continue
-        footprints.append(fp)
+        cx, cy = centre
         placed.append(SceneObject(id=len(placed), label=lab, colour=colour, rgb=COLOURS[colour], shape=shape,
                                   center=(cx, cy, dz / 2), size=(dx, dy, dz), params=params))
     supports = [o for o in placed if o.label in SUPPORTS and o.size[2] + 0.25 <= MAX_TOP_M]

@@ -151,6 +151,24 @@ def _apart(a: tuple[float, float, float, float], b: tuple[float, float, float, f
     return a[2] + g <= b[0] or b[2] + g <= a[0] or a[3] + g <= b[1] or b[3] + g <= a[1]
 
 
+def place_on_floor(rng: np.random.Generator, room_xy: tuple[float, float], extent_xy: tuple[float, float],
+                   footprints: list[tuple[float, float, float, float]], tries: int = 200) -> tuple[float, float] | None:
+    """Centre (x, y) for an object of footprint extent_xy, WALL_MARGIN from the walls of a room centred
+    on the origin and OBJECT_GAP from every footprint already placed (rejection sampling, `tries`
+    draws); the new footprint is appended. None when it does not fit (footprints unchanged)."""
+    dx, dy = extent_xy
+    half_x, half_y = room_xy[0] / 2 - WALL_MARGIN - dx / 2, room_xy[1] / 2 - WALL_MARGIN - dy / 2
+    if half_x <= 0 or half_y <= 0:
+        return None
+    for _ in range(tries):
+        cx, cy = float(rng.uniform(-half_x, half_x)), float(rng.uniform(-half_y, half_y))
+        fp = (cx - dx / 2, cy - dy / 2, cx + dx / 2, cy + dy / 2)
+        if all(_apart(fp, o) for o in footprints):
+            footprints.append(fp)
+            return cx, cy
+    return None
+
+
 def make_scene(
     seed: int,
     min_objects: int = 5,
@@ -182,17 +200,10 @@ def make_scene(
         shape, ranges = CATALOGUE[label]
         params = tuple(_uniform(rng, r) for r in ranges)
         dx, dy, dz = _object_extent(shape, params)
-        half_x, half_y = lx / 2 - WALL_MARGIN - dx / 2, ly / 2 - WALL_MARGIN - dy / 2
-        if half_x <= 0 or half_y <= 0:
-            continue
-        for _ in range(200):
-            cx, cy = float(rng.uniform(-half_x, half_x)), float(rng.uniform(-half_y, half_y))
-            fp = (cx - dx / 2, cy - dy / 2, cx + dx / 2, cy + dy / 2)
-            if all(_apart(fp, o) for o in footprints):
-                break
-        else:
+        centre = place_on_floor(rng, (lx, ly), (dx, dy), footprints)
+        if centre is None:
             continue  # no room left for this one: try the next label
-        footprints.append(fp)
+        cx, cy = centre
         colour = colours[len(placed)]
         placed.append(
             SceneObject(
