@@ -110,9 +110,19 @@ def test_report_files_and_html_links(tmp_path: Path) -> None:
     assert "test &lt;report&gt;" in page and "Where is the &lt;red&gt; chair?" in page
     for row in rows[1:]:
         assert row["question"] in page
-    assert "caption needs a target_xyz" in page and "untrained model" in page and "IoU 0.80" in page
+    assert "caption needs a target_xyz" in page and "untrained model" in page and "IoU 0.80 (correct)" in page
     assert "truth red chair" in page
     assert page.count("<tr>") == 1 + 12 + 1 + 4 + 1 + len(latency_stats(rows))  # run + answers + latency tables
+
+
+def test_a_grounded_box_is_marked_correct_from_iou_0_25_on() -> None:
+    from video3dllm_core.report import CORRECT_IOU, correctness_mark
+
+    assert CORRECT_IOU == 0.25  # ScanRefer's Acc@0.25
+    assert correctness_mark({"iou": 0.25}) == " (correct)"
+    assert correctness_mark({"iou": 0.2499}) == " (wrong)"
+    assert correctness_mark({"iou": 0.0}) == " (wrong)"
+    assert correctness_mark({}) == ""  # no truth: no mark (replay of a real bag)
 
 
 def test_jsonl_round_trip(tmp_path: Path) -> None:

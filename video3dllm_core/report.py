@@ -63,6 +63,17 @@ def query_colour(index: int) -> tuple[float, float, float]:
     return _PALETTE[index % len(_PALETTE)]
 
 
+CORRECT_IOU = 0.25
+"""A grounded box counts as correct when its 3D IoU with a ground-truth box reaches this (Acc@0.25)."""
+
+
+def correctness_mark(obj: dict[str, Any]) -> str:
+    """" (correct)" / " (wrong)" for an object row that carries its best IoU with the truth, else ""."""
+    if obj.get("iou") is None:
+        return ""
+    return " (correct)" if float(obj["iou"]) >= CORRECT_IOU else " (wrong)"
+
+
 # ---------------------------------------------------------------------------------------------- data
 
 
@@ -161,7 +172,7 @@ def plot_birdseye(
         ax.plot(pos[:, 0], pos[:, 1], "o", color="red", ms=3)
         extent.append(pos[:, :2])
     drawn_gt: set[tuple[float, ...]] = set()
-    box_queries: dict[tuple[float, ...], list[int]] = {}  # identical boxes of several queries: one label
+    box_queries: dict[tuple[float, ...], list[tuple[int, str]]] = {}  # identical boxes of several queries: one label
     for row in rows:
         index = int(row.get("index", 0))
         colour = query_colour(index)
@@ -175,17 +186,17 @@ def plot_birdseye(
             ax.text(cx, cy - sy / 2, gt.get("label", ""), fontsize=7, ha="center", va="top", color="black")
         for obj in row.get("objects") or []:
             key = tuple(round(float(v), 4) for v in list(obj["center_xyz"]) + list(obj["size_xyz"]))
-            box_queries.setdefault(key, []).append(index)
+            box_queries.setdefault(key, []).append((index, correctness_mark(obj)))
         target = row.get("target")
         if target is not None:
             ax.plot([target[0]], [target[1]], "x", color=colour, ms=9, mew=2)
             ax.text(target[0], target[1], f" Q{index} target", fontsize=7, color=colour)
-    for key, indices in box_queries.items():
+    for key, marks in box_queries.items():
         cx, cy, _, sx, sy, _ = key
-        colour = query_colour(indices[0])
+        colour = query_colour(marks[0][0])
         ax.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=1.8, ec=colour))
-        ax.text(cx - sx / 2, cy + sy / 2, ",".join(f"Q{i}" for i in indices), fontsize=8, ha="left", va="bottom",
-                color=colour, fontweight="bold")
+        ax.text(cx - sx / 2, cy + sy / 2, ",".join(f"Q{i}{mark}" for i, mark in marks), fontsize=8, ha="left",
+                va="bottom", color=colour, fontweight="bold")
         extent.append(np.array([[cx - sx / 2, cy - sy / 2], [cx + sx / 2, cy + sy / 2]]))
     if extent:
         all_xy = np.concatenate(extent)
@@ -277,7 +288,7 @@ def _objects_html(row: dict[str, Any]) -> str:
         if obj.get("label"):
             text = f"{obj['label']}: " + text
         if obj.get("iou") is not None:
-            text += f" IoU {float(obj['iou']):.2f}"
+            text += f" IoU {float(obj['iou']):.2f}{correctness_mark(obj)}"
         parts.append(html.escape(text))
     for gt in row.get("ground_truth") or []:
         parts.append(

@@ -93,11 +93,14 @@ def print_answer(row: dict[str, Any], file: Any = None) -> None:
         return
     text = str(row["text"])
     print(f"   answer: {text[:ANSWER_PRINT_CHARS]!r}" + (" ..." if len(text) > ANSWER_PRINT_CHARS else ""), file=file)
+    from video3dllm_core.report import correctness_mark
+
     for obj in row.get("objects") or []:
         c, s = obj["center_xyz"], obj["size_xyz"]
         print(
             f"   box: centre ({c[0]:.2f}, {c[1]:.2f}, {c[2]:.2f}) size ({s[0]:.2f}, {s[1]:.2f}, {s[2]:.2f}) "
-            f"score {obj['score']:.2f}" + (f" IoU with truth {obj['iou']:.2f}" if obj.get("iou") is not None else ""),
+            f"score {obj['score']:.2f}"
+            + (f" IoU with truth {obj['iou']:.2f}{correctness_mark(obj)}" if obj.get("iou") is not None else ""),
             file=file,
         )
     t = row["timings"]
