@@ -26,28 +26,11 @@ from video3dllm_core.model.checkpoint import (
     module_key_to_upstream,
     upstream_key_to_module,
 )
-from video3dllm_core.model.config import read_config_json
+from video3dllm_core.model.config import UPSTREAM_3D_DEFAULTS, read_config_json
 from video3dllm_core.model.prompts import ensure_special_tokens, load_tokenizer
 from video3dllm_core.model.vision import resolve_tower_config
 
 __all__ = ["UPSTREAM_3D_DEFAULTS", "load_training_model", "init_from_base"]
-
-#: The 3D settings train_multi.sh / train_3d.py put into the config of a LLaVA-Video base.
-UPSTREAM_3D_DEFAULTS: dict[str, Any] = {
-    "world_position_embedding_type": "avg-discrete-sin3d",
-    "voxel_size": 0.1,
-    "min_xyz_range": [-15, -15, -5],
-    "max_xyz_range": [15, 15, 5],
-    "object_feature_type": "patch14-pe",
-    "ground_head_type": "infonce",
-    "ground_head_hidden_size": 512,
-    "ground_loss_scale": 1,
-    "ground_head_temperature": 0.07,
-    "mm_newline_position": "grid",
-    "mm_spatial_pool_stride": 2,
-    "mm_spatial_pool_mode": "bilinear",
-    "mm_patch_merge_type": "spatial_unpad",
-}
 
 
 def load_training_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

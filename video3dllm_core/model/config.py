@@ -209,6 +209,25 @@ class Video3DLLMConfig:
                 raise ConfigError(f"config.json: {key} {list(ids)} outside the vocabulary (vocab_size {vocab})")
 
 
+#: The 3D settings upstream training (train_multi.sh / train_3d.py) puts into a LLaVA-Video config;
+#: the released checkpoint carries them too.
+UPSTREAM_3D_DEFAULTS: dict[str, Any] = {
+    "world_position_embedding_type": "avg-discrete-sin3d",
+    "voxel_size": 0.1,
+    "min_xyz_range": [-15, -15, -5],
+    "max_xyz_range": [15, 15, 5],
+    "object_feature_type": "patch14-pe",
+    "ground_head_type": "infonce",
+    "ground_head_hidden_size": 512,
+    "ground_loss_scale": 1,
+    "ground_head_temperature": 0.07,
+    "mm_newline_position": "grid",
+    "mm_spatial_pool_stride": 2,
+    "mm_spatial_pool_mode": "bilinear",
+    "mm_patch_merge_type": "spatial_unpad",
+}
+
+
 def released_7b_config_dict() -> dict[str, Any]:
     """config.json values of the released Video-3D LLM 7B (Qwen2-7B decoder, SigLIP so400m tower).
 
@@ -236,16 +255,7 @@ def released_7b_config_dict() -> dict[str, Any]:
         "mm_vision_tower": "google/siglip-so400m-patch14-384",
         "mm_hidden_size": 1152,
         "mm_projector_type": "mlp2x_gelu",
-        "mm_spatial_pool_stride": 2,
-        "mm_spatial_pool_mode": "bilinear",
-        "mm_newline_position": "grid",
-        "mm_patch_merge_type": "spatial_unpad",
-        "world_position_embedding_type": "avg-discrete-sin3d",
-        "voxel_size": 0.1,
-        "min_xyz_range": [-15, -15, -5],
-        "max_xyz_range": [15, 15, 5],
-        "object_feature_type": "patch14-pe",
-        "ground_head_type": "infonce",
+        **UPSTREAM_3D_DEFAULTS,
         "ground_token_ids": [151647],
         "coord_token_ids": [151648],
         "tokenizer_model_max_length": 32768,
