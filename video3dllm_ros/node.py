@@ -165,6 +165,7 @@ class Video3DLLMNode(Node):
 
         self._lock = threading.Lock()  # synchroniser, pending queue, counters
         self._drops: Counter[str] = Counter()
+        self._last_drop: dict[str, str] = {}  # reason -> message of the latest drop (warnings are throttled)
         self._counts: Counter[str] = Counter()
         self._pending: list[_Pending] = []
         self._max_pending = 4 * s.sync_queue_size  # frames waiting for TF (raw messages, bounded memory)
@@ -530,14 +531,17 @@ class Video3DLLMNode(Node):
 
     # ------------------------------------------------------------------ status
     def stats(self) -> dict[str, Any]:
-        """Counters of the node (received, ingested, drops by reason, pending) and the engine's stats."""
+        """Counters of the node (received, ingested, drops by reason with the latest message each, pending) and the
+        engine's stats."""
         with self._lock:
             drops = Counter(self._drops)
             if self._sync is not None:
                 drops.update({k: v for k, v in self._sync.stats.items() if v})
             counts = dict(self._counts)
             pending = len(self._pending)
-        return {"counts": counts, "dropped": dict(drops), "pending_tf": pending, "engine": self.engine.stats()}
+            last_drop = dict(self._last_drop)
+        return {"counts": counts, "dropped": dict(drops), "last_drop": last_drop, "pending_tf": pending,
+                "engine": self.engine.stats()}
 
     def _publish_scene(self, stamp_ns: int, force: bool = False) -> None:
         engine_stats = self.engine.stats()
@@ -581,6 +585,7 @@ class Video3DLLMNode(Node):
     def _count_drop(self, reason: str, message: str) -> None:
         with self._lock:
             self._drops[reason] += 1
+            self._last_drop[reason] = message
         self._warn(reason, message)
 
     def _warn(self, key: str, message: str) -> None:
