@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "train": "video3dllm_core.commands.train",
     "eval": "video3dllm_core.commands.evaluate",
     "make-benchmark": "video3dllm_core.commands.make_benchmark",
+    "init-model": "video3dllm_core.commands.init_model",
     "replay": "video3dllm_core.commands.replay",
 }
 

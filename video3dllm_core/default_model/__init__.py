@@ -33,7 +33,7 @@ from video3dllm_core.model.modeling import Video3DLLM, default_attn_implementati
 from video3dllm_core.model.prompts import load_tokenizer
 from video3dllm_core.model.vision import resolve_tower_config
 
-__all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_SEED", "load_default_model", "default_weights"]
+__all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_SEED", "load_default_model", "default_weights", "random_init_"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent
 """Folder with config.json, the tower config, tokenizer files and generation_config.json."""
@@ -70,13 +70,19 @@ def default_weights(seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
     The returned tensors are shared by every caller: treat them as read-only.
     """
     model = _build("cpu", torch.float32, "eager")
+    random_init_(model, seed)
+    return {name: param.detach() for name, param in model.named_parameters()}
+
+
+def random_init_(model: torch.nn.Module, seed: int) -> None:
+    """Draw every parameter of ``model`` in place from ``seed`` (float32 on the CPU, one ``torch.Generator``,
+    sorted parameter-name order; distributions from ``_std_for``), the same on every machine."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    weights: dict[str, torch.Tensor] = {}
-    for name, param in sorted(model.named_parameters()):
-        mean, std = _std_for(name, tuple(param.shape))
-        values = torch.randn(tuple(param.shape), generator=generator, dtype=torch.float32) * std + mean
-        weights[name] = values
-    return weights
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            mean, std = _std_for(name, tuple(param.shape))
+            values = torch.randn(tuple(param.shape), generator=generator, dtype=torch.float32) * std + mean
+            param.copy_(values.to(param.dtype))
 
 
 def _build(device: str | torch.device, dtype: torch.dtype, attn_implementation: str) -> Video3DLLM:

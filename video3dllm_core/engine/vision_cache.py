@@ -28,7 +28,6 @@ import torch
 from video3dllm_core.ingest import IngestConfig, IngestedFrame, crop_world_coords, patch_average
 from video3dllm_core.model import Video3DLLM, VisualFeatures
 from video3dllm_core.model.layout import image_block
-from video3dllm_core.model.position import sin3d_embedding
 from video3dllm_core.scene import SceneFrame
 
 __all__ = ["FrameVision", "VisionCache", "scene_coords"]
@@ -132,7 +131,7 @@ class VisionCache:
         entry.world_coords = torch.from_numpy(world).to(device=device, dtype=torch.float32)
         entry.patch_coords = patch_t
         entry.pe_coords = pe_coords
-        entry.position_embedding = sin3d_embedding(pe_coords[None].flatten(1, 2), model.hidden_size)[0]
+        entry.position_embedding = model.position_embedding(pe_coords[None].flatten(1, 2))[0]
         entry.scene_serial = scene_serial
 
 

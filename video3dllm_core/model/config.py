@@ -125,6 +125,13 @@ class Video3DLLMConfig:
         return int(self.text_config.hidden_size)
 
     @property
+    def uses_position_embedding(self) -> bool:
+        """False for ``world_position_embedding_type: none``, the paper's ablation without 3D position
+        embedding (our extension, not an upstream value): video tokens and object features then carry no
+        sin3d term; the Scan2Cap ``<coord>`` token keeps its location embedding, the only way to name the box."""
+        return self.world_position_embedding_type != "none"
+
+    @property
     def discrete_positions(self) -> bool:
         """Whether patch/box coordinates are discretised on the voxel grid before the sine embedding."""
         return "discrete" in self.world_position_embedding_type
@@ -185,10 +192,10 @@ class Video3DLLMConfig:
                 f"config.json: mm_newline_position {self.mm_newline_position!r} not supported (use 'grid')"
             )
         wpe = self.world_position_embedding_type
-        if not wpe.startswith("avg") or "sin3d" not in wpe:
+        if wpe != "none" and (not wpe.startswith("avg") or "sin3d" not in wpe):
             raise ConfigError(
                 f"config.json: world_position_embedding_type {wpe!r} not supported "
-                "(use 'avg-discrete-sin3d' or 'avg-sin3d')"
+                "(use 'avg-discrete-sin3d', 'avg-sin3d', or 'none' for the no-3D-position ablation)"
             )
         if self.voxel_size <= 0:
             raise ConfigError(f"config.json: voxel_size must be > 0, got {self.voxel_size}")

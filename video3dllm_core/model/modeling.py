@@ -240,7 +240,7 @@ class Video3DLLM(nn.Module):
                     f"patch_world_coords must be [V={frames}, {side}, {side}, 3], got {tuple(patch_coords.shape)}"
                 )
         pe_coords = self.pe_coords(patch_coords)
-        pe = sin3d_embedding(pe_coords.flatten(1, 2), self.hidden_size)
+        pe = self.position_embedding(pe_coords.flatten(1, 2))
         block = image_block(pooled + pe.to(pooled.dtype), self.image_newline)
         return VisualFeatures(siglip=siglip, projected=projected, pooled=pooled, patch_coords=patch_coords,
                               pe_coords=pe_coords, position_embedding=pe, image_block=block, world_coords=coords)
@@ -258,6 +258,14 @@ class Video3DLLM(nn.Module):
         if cfg.discrete_positions:
             return discretize_coords(coords, cfg.min_xyz_range, cfg.max_xyz_range, cfg.voxel_size)
         return coords
+
+    def position_embedding(self, pe_coords: torch.Tensor) -> torch.Tensor:
+        """The 3D position embedding ``[..., H]`` float32 added to video tokens and object features: sin3d of
+        ``pe_coords`` (from :meth:`pe_coords`), or zeros for the no-3D-position ablation
+        (``config.uses_position_embedding`` False)."""
+        if not self.config.uses_position_embedding:
+            return torch.zeros((*pe_coords.shape[:-1], self.hidden_size), dtype=torch.float32, device=pe_coords.device)
+        return sin3d_embedding(pe_coords, self.hidden_size)
 
     def location_embedding(self, xyz: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """(coordinates fed to sin3d [3], embedding [H] float32) of one scene-frame location."""
@@ -375,7 +383,7 @@ class Video3DLLM(nn.Module):
         mask = counts >= min_inside_points(tower.patch_size)
         before = mean_selected_features(visual.projected, mask)
         centers = self.pe_coords(box[:, :3])
-        center_pe = sin3d_embedding(centers, self.hidden_size)
+        center_pe = self.position_embedding(centers)
         features = before + center_pe.to(before.dtype)
         return ObjectFeatures(features=features, before_pe=before, center_discrete=centers, center_pe=center_pe,
                               inside_count=counts, patch_mask=mask)

@@ -558,6 +558,13 @@ def _llava_preprocess_multimodal(value: str) -> str:
     return value
 
 
+def _newline_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id upstream training never masks: 198, Qwen2's byte-level newline token "\u010a"; a tokenizer with a
+    different vocabulary (the embedded default's, trained on benchmark text) has that token elsewhere."""
+    vocab = tokenizer.get_vocab()
+    return int(vocab.get("\u010a", _UPSTREAM_UNMASKED_NEWLINE_ID))
+
+
 def build_training_ids(
     tokenizer: PreTrainedTokenizerBase,
     task: str | Task,
@@ -571,7 +578,7 @@ def build_training_ids(
     ``<|im_start|>{role}\\n{content}<|im_end|>\\n`` and tokenised in one piece; the ``<image>``
     token id becomes -200 (no newline token after it, unlike :func:`build_input_ids`). Labels:
     system and user turns masked, the whole assistant turn (including ``<|im_start|>assistant\\n``)
-    kept, and every ``\\n`` (id 198), ``<|im_start|>`` and ``<|im_end|>`` unmasked wherever it is.
+    kept, and every ``\\n`` (id 198 in Qwen2's vocabulary), ``<|im_start|>`` and ``<|im_end|>`` unmasked wherever it is.
 
     Args:
         answer: the assistant turn: required for text tasks (ScanQA/SQA3D answer, Scan2Cap
@@ -592,7 +599,7 @@ def build_training_ids(
     _check_human_value(human_value)
     value = _llava_preprocess_multimodal(human_value)
     ids = special_token_ids(tokenizer)
-    unmasked = (_UPSTREAM_UNMASKED_NEWLINE_ID, ids.im_start, ids.im_end)
+    unmasked = (_newline_id(tokenizer), ids.im_start, ids.im_end)
 
     segments: list[PromptSegment] = []
     input_ids: list[int] = []

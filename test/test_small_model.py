@@ -1,0 +1,111 @@
+"""The small-model recipe behind the embedded default: tokenizer trained on benchmark text, fresh seeded
+weights, the no-3D-position ablation, and training labels with a non-Qwen vocabulary."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from video3dllm_core.cli import main as cli_main
+from video3dllm_core.model import Video3DLLM
+from video3dllm_core.model.config import ConfigError, Video3DLLMConfig
+from video3dllm_core.model.prompts import IGNORE_INDEX, build_training_ids, human_turn, special_token_ids
+from video3dllm_training.small_model import SMALL_MODEL_CONFIG, benchmark_texts
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "b"
+    assert cli_main(["make-benchmark", str(out), "--scenes", "3", "--seed", "5", "--frames", "6", "--width", "64",
+                     "--height", "48"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"])):
+        assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
+        out[name] = root / name
+    return out
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_init_model_is_deterministic_and_loads(models: dict[str, Path]) -> None:
+    pe, again, seed1 = models["pe"], models["pe_again"], models["seed1"]
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert _sha(pe / name) == _sha(again / name), name
+    assert _sha(pe / "model.safetensors") != _sha(seed1 / "model.safetensors")
+    assert _sha(pe / "tokenizer.json") == _sha(seed1 / "tokenizer.json")  # the tokenizer depends on the text only
+    model = Video3DLLM.from_pretrained(pe, device="cpu")
+    config = json.loads((pe / "config.json").read_text())
+    for key, value in SMALL_MODEL_CONFIG.items():
+        assert config[key] == value, key
+    ids = special_token_ids(model.tokenizer)
+    assert config["ground_token_ids"] == [ids.ground] and config["coord_token_ids"] == [ids.coord]
+    assert config["eos_token_id"] == ids.im_end and model.eos_token_ids == [ids.im_end]
+    assert config["vocab_size"] == len(model.tokenizer) == model.language_model.get_input_embeddings().weight.shape[0]
+    assert (pe / "model.safetensors").stat().st_size < 30 * 2**20
+
+
+def test_tokenizer_learns_the_benchmark_words(bench: Path, models: dict[str, Path]) -> None:
+    tokenizer = Video3DLLM.from_pretrained(models["pe"], device="cpu").tokenizer
+    words = {w.strip(".?,").lower() for text in benchmark_texts(bench) for w in text.split()}
+    for word in ("chair", "colour", "standing", "behind", "left"):
+        if word in words:
+            assert len(tokenizer.tokenize(" " + word)) == 1, word
+    text = "I am standing at the door facing the window. How many chairs are on my left?"
+    assert tokenizer.decode(tokenizer(text).input_ids) == text  # byte-level: lossless
+    assert len(tokenizer(text).input_ids) <= 18  # whole words, not bytes
+    with pytest.raises(FileNotFoundError, match="make-benchmark"):
+        list(benchmark_texts(bench / "nowhere"))
+
+
+def test_training_labels_unmask_the_tokenizers_own_newline(models: dict[str, Path]) -> None:
+    tokenizer = Video3DLLM.from_pretrained(models["pe"], device="cpu").tokenizer
+    newline = tokenizer.get_vocab()["\u010a"]
+    assert newline != 198  # the point: upstream's hard-coded id is Qwen2's newline only
+    prompt = build_training_ids(tokenizer, "scanqa", human_turn("scanqa", question="What colour is the chair?"), "red")
+    ids, labels = prompt.input_ids, prompt.labels
+    specials = special_token_ids(tokenizer)
+    answer_start = max(i for i, t in enumerate(ids) if t == specials.im_start)
+    for i, (t, label) in enumerate(zip(ids, labels)):
+        if i >= answer_start or t in (newline, specials.im_start, specials.im_end):
+            assert label == t, (i, t)
+        else:
+            assert label == IGNORE_INDEX, (i, t)
+    assert any(t == newline for t in ids[:answer_start])
+
+
+def test_no_position_embedding_ablation(models: dict[str, Path]) -> None:
+    with_pe = Video3DLLM.from_pretrained(models["pe"], device="cpu")
+    without = Video3DLLM.from_pretrained(models["nope"], device="cpu")
+    assert without.config.world_position_embedding_type == "none" and not without.config.uses_position_embedding
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (2, 384, 384, 3), dtype=np.uint8)
+    coords = rng.uniform(-2, 2, (2, 384, 384, 3)).astype(np.float32)
+    box = np.array([[0.5, -0.5, 0.5, 1.0, 1.0, 1.0]])
+    with torch.no_grad():
+        plain, sin = without.encode_frames(crops, coords), with_pe.encode_frames(crops, coords)
+        assert torch.count_nonzero(plain.position_embedding) == 0
+        assert torch.count_nonzero(sin.position_embedding) > 0
+        # identical weights except the config: the visual tokens differ exactly by the embedding
+        assert torch.allclose(sin.pooled - plain.pooled, torch.zeros_like(plain.pooled))
+        objects = without.object_features(plain, box)
+        assert torch.equal(objects.features, objects.before_pe)
+        assert not torch.equal(with_pe.object_features(sin, box).features, objects.before_pe)
+        # the Scan2Cap location keeps its embedding: it is the only way to name the box
+        assert torch.count_nonzero(without.location_embedding((0.5, 0.5, 0.5))[1]) > 0
+    raw = json.loads((models["nope"] / "config.json").read_text())
+    raw["world_position_embedding_type"] = "learned"
+    with pytest.raises(ConfigError, match="world_position_embedding_type 'learned'.*'none'"):
+        Video3DLLMConfig.from_dict(raw)

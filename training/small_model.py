@@ -1,0 +1,119 @@
+"""A fresh, scaled-down Video-3D LLM for the embedded default model, with a tokenizer trained on benchmark text.
+
+The released Video-3D LLM is 7B parameters; nothing that size can ship in a package or train on a
+CPU. The embedded default (``video3dllm_core/default_model``) is instead a model with the same
+architecture scaled down (Qwen2 decoder hidden 192 x 4 layers, SigLIP-layout tower hidden 64,
+mlp2x_gelu projector, InfoNCE head, the upstream 3D settings) and a byte-level BPE tokenizer
+(Qwen2's pre-tokenizer, normaliser and special tokens) trained on the synthetic benchmark's train
+split, so that its small vocabulary covers exactly the words the benchmark uses.
+
+``init_small_model`` writes such a model, weights drawn from a seed, as an upstream checkpoint folder
+that ``video3dllm train --model`` fine-tunes like any other. ``--no-position-embedding`` builds the
+paper's ablation (``world_position_embedding_type: none``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from video3dllm_core.default_model import DEFAULT_MODEL_DIR, random_init_
+from video3dllm_core.model import Video3DLLM, Video3DLLMConfig
+from video3dllm_core.model.checkpoint import save_checkpoint
+from video3dllm_core.model.prompts import (
+    DEFAULT_SYSTEM_MESSAGE,
+    IM_END_TOKEN,
+    IM_START_TOKEN,
+    ensure_special_tokens,
+    load_tokenizer,
+)
+from video3dllm_core.model.vision import resolve_tower_config
+
+__all__ = ["SMALL_MODEL_CONFIG", "benchmark_texts", "train_tokenizer", "init_small_model"]
+
+SMALL_MODEL_CONFIG: dict[str, Any] = {
+    "hidden_size": 192,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_window_layers": 4,
+    "tokenizer_model_max_length": 4096,
+    "max_position_embeddings": 4096,
+}
+"""Decoder settings of the embedded default; everything else (tower, projector, 3D settings, head) comes
+from the reference-parity architecture in ``video3dllm_core/default_model/config.json``."""
+
+_TOKENIZER_VOCAB_SIZE = 1024
+_TEXT_FILES = ("scanqa", "sqa3d", "scan2cap", "scanrefer_vg", "multi3drefer")
+
+
+def benchmark_texts(benchmark_dir: str | Path, split: str = "train") -> Iterator[str]:
+    """Every human and assistant turn of a benchmark split (``processed/*_{split}_llava_style.json``),
+    plus the system message: the text the tokenizer learns its merges from."""
+    root = Path(benchmark_dir) / "processed"
+    files = [root / f"{name}_{split}_llava_style.json" for name in _TEXT_FILES]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"benchmark_dir {str(benchmark_dir)!r} lacks {', '.join(missing)}; write one with `video3dllm make-benchmark`"
+        )
+    yield DEFAULT_SYSTEM_MESSAGE
+    for path in files:
+        for sample in json.loads(path.read_text()):
+            for turn in sample["conversations"]:
+                yield str(turn["value"]).replace("<image>", " ").replace("<ground>", " ").replace("<coord>", " ")
+
+
+def train_tokenizer(texts: Iterator[str] | list[str], vocab_size: int = _TOKENIZER_VOCAB_SIZE) -> Any:
+    """A Qwen2-style byte-level BPE tokenizer trained on ``texts`` with transformers' ``train_new_from_iterator``.
+
+    The pipeline (normaliser, pre-tokenizer, decoder, chat special tokens) is the reference tokenizer's,
+    so prompts render and tokenise as upstream's; ``<image>``, ``<ground>`` and ``<coord>`` are added as
+    upstream does. Deterministic for the same texts.
+    """
+    base = load_tokenizer(DEFAULT_MODEL_DIR)
+    specials = ["<|endoftext|>", IM_START_TOKEN, IM_END_TOKEN]
+    tokenizer = base.train_new_from_iterator(list(texts), vocab_size=vocab_size, new_special_tokens=specials)
+    ensure_special_tokens(tokenizer)
+    return tokenizer
+
+
+def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: int = 0, position_embedding: bool = True,
+                     vocab_size: int = _TOKENIZER_VOCAB_SIZE, overrides: dict[str, Any] | None = None) -> Path:
+    """Write a fresh small Video-3D LLM (weights from ``seed``) with a tokenizer trained on ``benchmark_dir``.
+
+    Returns the checkpoint folder (upstream layout: config.json, model.safetensors, tower config,
+    tokenizer, generation_config.json), ready for ``video3dllm train --model``.
+    """
+    tokenizer = train_tokenizer(benchmark_texts(benchmark_dir), vocab_size=vocab_size)
+    ids = ensure_special_tokens(tokenizer)
+    raw = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    raw.update(SMALL_MODEL_CONFIG)
+    raw.update(overrides or {})
+    raw.update({
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        "eos_token_id": tokenizer.convert_tokens_to_ids(IM_END_TOKEN),
+        "ground_token_ids": [ids.ground],
+        "coord_token_ids": [ids.coord],
+        "torch_dtype": "float32",
+    })
+    if not position_embedding:
+        raw["world_position_embedding_type"] = "none"
+    config = Video3DLLMConfig.from_dict(raw)
+    tower = resolve_tower_config(config.mm_vision_tower, DEFAULT_MODEL_DIR)
+    model = Video3DLLM.build(config, tower, device="cpu", dtype=torch.float32, attn_implementation="eager")
+    random_init_(model, seed)
+    model.tokenizer = tokenizer
+    generation = json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())
+    generation.update({"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"],
+                       "pad_token_id": raw["bos_token_id"]})
+    out = Path(out_dir)
+    save_checkpoint(model, out)
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
+    return out

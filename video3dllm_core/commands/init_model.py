@@ -1,0 +1,34 @@
+"""`video3dllm init-model BENCH OUT`: a fresh small Video-3D LLM with a tokenizer trained on a benchmark's text.
+
+The starting point of the embedded default model (docs/training.md, "The embedded default model"):
+the released architecture scaled down (video3dllm_training.small_model), weights drawn from --seed,
+written as an upstream checkpoint folder for `video3dllm train --model OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "write a fresh small Video-3D LLM (tokenizer trained on a synthetic benchmark) to train from scratch"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("init-model", help=HELP, description=HELP)
+    p.add_argument("benchmark", help="folder written by `video3dllm make-benchmark` (its train text trains the tokenizer)")
+    p.add_argument("out", help="checkpoint folder to write")
+    p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    p.add_argument("--no-position-embedding", action="store_true",
+                   help="the paper's ablation: no 3D position embedding on video tokens and object features")
+
+
+def run(args: argparse.Namespace) -> int:
+    from video3dllm_core.model import Video3DLLM
+    from video3dllm_training.small_model import init_small_model
+
+    out = init_small_model(args.benchmark, args.out, seed=args.seed, position_embedding=not args.no_position_embedding)
+    model = Video3DLLM.from_pretrained(out, device="cpu")
+    print(json.dumps({"out": str(out), "parameters": sum(p.numel() for p in model.parameters()),
+                      "vocab_size": len(model.tokenizer),
+                      "position_embedding": model.config.world_position_embedding_type}))
+    return 0
