@@ -517,3 +517,23 @@ def test_engine_matches_the_model_and_the_upstream_fixture(fixture_model: Video3
     assert cap.objects[0].proposal_index == tasks["scan2cap"]["box_index"]
     assert cap.text == tok.decode(cases["scan2cap"]["generated_ids"], skip_special_tokens=True).strip()
     assert qa.cache_hit and sqa.cache_hit and cap.cache_hit
+
+
+def test_the_keyframe_budget_defaults_to_what_the_model_was_trained_with(fixture_model: Video3DLLM,
+                                                                         room: tuple[Any, list[PosedFrame]],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = room[1]
+    assert "frames_upbound" not in fixture_model.config.raw
+    assert SceneEngine(fixture_model).frame_budget == 32  # upstream's budget when the checkpoint says nothing
+    monkeypatch.setitem(fixture_model.config.raw, "frames_upbound", 3)  # written by `video3dllm train`
+    engine = SceneEngine(fixture_model, EngineConfig(max_new_tokens=2))
+    assert engine.frame_budget == 3
+    for frame in frames:
+        assert engine.add_frame(frame)
+    assert len(engine.keyframe_poses()) == 3
+    answer = engine.query("How many chairs are there?", task="qa")
+    assert answer.ok and len(answer.keyframe_stamps_ns) == 3
+    assert len(engine.query("How many chairs?", task="qa", max_frames=5).keyframe_stamps_ns) == 5  # per query
+    assert SceneEngine(fixture_model, EngineConfig(max_frames=6)).frame_budget == 6  # explicit config wins
+    with pytest.raises(ValueError, match="max_frames must be an integer >= 1"):
+        EngineConfig(max_frames=0)

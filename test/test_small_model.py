@@ -109,3 +109,21 @@ def test_no_position_embedding_ablation(models: dict[str, Path]) -> None:
     raw["world_position_embedding_type"] = "learned"
     with pytest.raises(ConfigError, match="world_position_embedding_type 'learned'.*'none'"):
         Video3DLLMConfig.from_dict(raw)
+
+
+def test_a_coarser_pooling_flows_through_ingest_training_data_and_engine(bench: Path, tmp_path: Path) -> None:
+    from video3dllm_core.engine import EngineConfig, SceneEngine
+    from video3dllm_core.synthetic import make_scene, render_frames
+    from video3dllm_training.small_model import init_small_model
+
+    path = init_small_model(bench, tmp_path / "s4", overrides={"mm_spatial_pool_stride": 4})
+    model = Video3DLLM.from_pretrained(path, device="cpu")
+    config = model.ingest_config(voxel_size_m=0.2)
+    assert (config.patch_grid, config.patch_block_px, config.crop_size, config.voxel_size_m) == (7, 54, 384, 0.2)
+    engine = SceneEngine(model, EngineConfig(device="cpu", max_frames=3, max_new_tokens=2))
+    for frame in render_frames(make_scene(2), 4, 96, 72):
+        assert engine.add_frame(frame)
+    answer = engine.query("How many chairs are there?", task="qa")
+    assert answer.ok, answer.error
+    grounded = engine.query("the red chair.", task="ground")
+    assert grounded.ok and len(grounded.objects) == 1, grounded.error

@@ -52,6 +52,7 @@ def test_train_then_evaluate_on_the_synthetic_benchmark(tmp_path: Path, capsys: 
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-200"]  # save_total_limit 1
     model = Video3DLLM.from_pretrained(ckpt, device="cpu", dtype=torch.float32)
     assert model.ground_head is not None and model.tokenizer is not None
+    assert model.config.raw["frames_upbound"] == 2  # the engine's default keyframe budget for this checkpoint
     capsys.readouterr()
 
     t_eval = time.perf_counter()

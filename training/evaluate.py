@@ -270,7 +270,8 @@ def evaluate(cfg: EvalConfig, model: Video3DLLM | None = None) -> EvalResult:
         model = Video3DLLM.from_pretrained(cfg.model, device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation)
     model.eval()
     infos = load_embodiedscan_infos(cfg.embodiedscan, trust_pickle=cfg.trust_pickle) if cfg.embodiedscan else None
-    store = SceneStore(cfg.posed_images, infos=infos, frames_file=load_frames_file(cfg.frames_file) if cfg.frames_file else None)
+    store = SceneStore(cfg.posed_images, infos=infos, frames_file=load_frames_file(cfg.frames_file) if cfg.frames_file else None,
+                       ingest_config=model.ingest_config())
     boxes = load_box_file(cfg.boxes) if cfg.boxes else None
     dataset = Video3DDataset(annotations, store, model.tokenizer, boxes,
                              DatasetConfig(frame_strategy=cfg.frame_strategy, frames_upbound=cfg.frames_upbound, training=False,

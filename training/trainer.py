@@ -315,7 +315,7 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _build_data(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, Any]:
+def _build_data(cfg: TrainConfig, tokenizer: Any, ingest_config: Any = None) -> tuple[Any, Any, Any]:
     from video3dllm_training.data import (
         DatasetConfig,
         SceneStore,
@@ -340,7 +340,7 @@ def _build_data(cfg: TrainConfig, tokenizer: Any) -> tuple[Any, Any, Any]:
         raise ValueError(f"no training samples in {cfg.data}")
     infos = load_embodiedscan_infos(cfg.embodiedscan, trust_pickle=cfg.trust_pickle) if cfg.embodiedscan else None
     frames = load_frames_file(cfg.frames_file) if cfg.frames_file else None
-    store = SceneStore(cfg.posed_images, infos=infos, frames_file=frames)
+    store = SceneStore(cfg.posed_images, infos=infos, frames_file=frames, ingest_config=ingest_config)
     boxes = load_box_file(cfg.boxes) if cfg.boxes else None
     dataset = Video3DDataset(annotations, store, tokenizer, boxes,
                              DatasetConfig(frame_strategy=cfg.frame_strategy, frames_upbound=cfg.frames_upbound,
@@ -398,8 +398,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         if cfg.lora:
             model.language_model.enable_input_require_grads()
     model.train()
+    model.config.raw["frames_upbound"] = int(cfg.frames_upbound)  # the engine's default keyframe budget for it
 
-    dataset, sampler, collator = _build_data(cfg, model.tokenizer)
+    dataset, sampler, collator = _build_data(cfg, model.tokenizer, model.ingest_config())
     per_epoch = sampler.batches_per_epoch()
     if per_epoch == 0:
         raise ValueError(f"{len(dataset)} samples make no full batch of {cfg.batch_size} (per task group); lower --batch-size")

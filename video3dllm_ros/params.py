@@ -68,7 +68,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("pool_capacity", 256, "Candidate keyframes kept in memory (about 1 MB each).", minimum=1),
     ParamSpec("keyframe_strategy", "mc-ratio95",
               "Keyframe selection preset: uniform, mc, mc-ratio90, mc-ratio95 (max coverage until 95 %)."),
-    ParamSpec("max_frames", 32, "Keyframe budget per query (a Query may ask for fewer).", minimum=1),
+    ParamSpec("max_frames", 0, "Keyframe budget per query (a Query may ask for fewer); 0: the budget the model was "
+              "trained with (config.json frames_upbound), else 32.", minimum=0),
     ParamSpec("selection_hysteresis", 0.02,
               "Keep the previous keyframe set unless the coverage gain exceeds this fraction (reuses the "
               "visual-prefix cache).", minimum=0.0),
@@ -79,7 +80,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "'estimate': gravity-aligned scene frame estimated from the points (robots); 'identity': "
               "world_frame already is a ScanNet-like frame.", ("estimate", "identity")),
     ParamSpec("max_new_tokens", 64, "Generation budget of text answers.", minimum=1),
-    ParamSpec("model_path", "", "Video-3D LLM checkpoint folder; empty: the embedded default model (random weights)."),
+    ParamSpec("model_path", "", "Video-3D LLM checkpoint folder; empty: the embedded default model (small, trained on synthetic rooms)."),
     ParamSpec("device", "", "torch device, e.g. 'cuda:0' or 'cpu'; empty: CUDA when available."),
     ParamSpec("dtype", "", "torch dtype name (bfloat16, float16, float32); empty: the model default."),
     ParamSpec("attn_implementation", "", "transformers attention implementation (flash_attention_2, sdpa, eager); "
@@ -174,7 +175,7 @@ def engine_config_kwargs(settings: NodeSettings) -> dict[str, Any]:
         "voxel_size_m": settings.voxel_size_m,
         "pool_capacity": settings.pool_capacity,
         "strategy": settings.keyframe_strategy,
-        "max_frames": settings.max_frames,
+        "max_frames": settings.max_frames or None,
         "selection_hysteresis": settings.selection_hysteresis,
         "proposal_source": settings.proposal_source,
         "scene_frame": settings.scene_frame,

@@ -28,7 +28,9 @@ class EngineConfig:
         voxel_size_m: coverage voxel edge (upstream max-coverage sampling: 0.1 m).
         pool_capacity: candidate keyframes kept (CoverageIndex capacity; ~1 MB per frame).
         strategy: keyframe preset (keyframes.PRESETS: uniform, mc, mc-ratio90, mc-ratio95).
-        max_frames: keyframe budget per query (upstream: 32); a query may pass its own.
+        max_frames: keyframe budget per query; a query may pass its own. None: the budget the model
+            was trained with (``frames_upbound`` in its config.json, written by ``video3dllm train``),
+            else 32 (upstream). A decoder sees as many visual tokens as it was trained on this way.
         selection_hysteresis: keep the previous keyframe set unless the new selection's coverage
             exceeds the previous set's (re-evaluated now) by more than this, or a previous frame
             was evicted; a stable set lets later queries reuse the visual-prefix KV cache.
@@ -58,7 +60,7 @@ class EngineConfig:
     voxel_size_m: float = 0.1
     pool_capacity: int = 256
     strategy: str = "mc-ratio95"
-    max_frames: int = 32
+    max_frames: int | None = None
     selection_hysteresis: float = 0.02
     proposal_source: str = "geometric"
     max_new_tokens: int = 64
@@ -80,7 +82,8 @@ class EngineConfig:
         _positive_int("pool_capacity", self.pool_capacity)
         if self.strategy not in PRESETS:
             raise ValueError(f"EngineConfig.strategy must be one of {sorted(PRESETS)}, got {self.strategy!r}")
-        _positive_int("max_frames", self.max_frames)
+        if self.max_frames is not None:
+            _positive_int("max_frames", self.max_frames)
         if not (isinstance(self.selection_hysteresis, (int, float)) and 0 <= self.selection_hysteresis <= 1):
             raise ValueError(
                 f"EngineConfig.selection_hysteresis must be a coverage fraction in [0, 1], got {self.selection_hysteresis!r}"

@@ -117,13 +117,23 @@ class _Context:
     base: dict[str, Any] = field(default_factory=dict)  # keyframe fields once known
 
 
+def model_frame_budget(model: Any) -> int:
+    """The keyframe budget ``model`` was trained with (config.json ``frames_upbound``), else upstream's 32."""
+    raw = getattr(getattr(model, "config", None), "raw", None) or {}
+    value = raw.get("frames_upbound")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 32
+
+
 class SceneEngine:
     """Online Video-3D LLM scene understanding over a stream of posed RGB-D frames."""
 
     def __init__(self, model: Video3DLLM, config: EngineConfig | None = None) -> None:
         self.model = model
         self.config = config if config is not None else EngineConfig()
-        self._ingest_config = IngestConfig(voxel_size_m=self.config.voxel_size_m)
+        self.frame_budget = self.config.max_frames or model_frame_budget(model)
+        make = getattr(model, "ingest_config", None)  # the model's crop and patch grid (test doubles: the defaults)
+        self._ingest_config = (make(voxel_size_m=self.config.voxel_size_m) if callable(make)
+                               else IngestConfig(voxel_size_m=self.config.voxel_size_m))
         self._ingestor = FrameIngestor(self._ingest_config)
         self._index = CoverageIndex(self.config.pool_capacity)
         self._lock = threading.Lock()  # state: index, counters, selection, external boxes
@@ -292,7 +302,7 @@ class SceneEngine:
         with self._lock:
             if len(self._index) == 0:
                 return []
-            chosen = self._select_locked(self.config.max_frames)
+            chosen = self._select_locked(self.frame_budget)
         return [(f.stamp_ns, f.T_world_cam.copy()) for f in chosen.frames]
 
     @property
@@ -386,7 +396,7 @@ class SceneEngine:
                              "e.g. 'I am standing by the sofa facing the table.'")
         if name != "caption" and not question.strip():
             raise QueryError(f"question is empty; task {name!r} needs a question or description")
-        budget = self.config.max_frames if max_frames is None else max_frames
+        budget = self.frame_budget if max_frames is None else max_frames
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
             raise QueryError(f"max_frames must be a positive integer, got {max_frames!r}")
         if self.model.tokenizer is None:

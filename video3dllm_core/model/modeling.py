@@ -42,6 +42,8 @@ from .decoding import GenerationOutput, decode, greedy_continue, new_cache, repe
 from .grounding import GroundingHead, GroundingOutput
 from .layout import MergedInputs, image_block, merge_sequence, pool_features, pooled_grid_size
 from .objects import ObjectFeatures, check_boxes, mean_selected_features, min_inside_points, patch_inside_counts
+from video3dllm_core.ingest import IngestConfig
+
 from .position import discretize_coords, patch_average_coords, sin3d_embedding
 from .projector import build_projector
 from .prompts import load_tokenizer
@@ -185,6 +187,14 @@ class Video3DLLM(nn.Module):
         if load_tokenizer_files:
             model.tokenizer = load_tokenizer(root)
         return model
+
+    def ingest_config(self, **overrides: Any) -> IngestConfig:
+        """The frame ingestor's settings that produce this model's inputs: the tower's crop and patch size and the
+        pooled grid the patch coordinates are averaged over (14 for the released model's 27 patches and stride 2).
+        ``overrides`` set the other fields (e.g. ``voxel_size_m``)."""
+        tower = self.vision_tower
+        side = pooled_grid_size(tower.grid, self.config.mm_spatial_pool_stride)
+        return IngestConfig(crop_size=tower.image_size, vision_patch_px=tower.patch_size, patch_grid=side, **overrides)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -1,0 +1,91 @@
+"""Score checkpoints on a synthetic-benchmark split next to the chance/prior baselines.
+
+Used by ``benchmarks/bench_default_model.py`` (the table in docs/benchmarks.md) and by the slow test that
+checks the embedded default model still reproduces its recorded accuracy. Each task runs the code of
+``video3dllm eval`` (``video3dllm_training.evaluate``) with max-coverage frames: ScanRefer and
+Multi3DRefer choose among the split's ground-truth boxes, Scan2Cap captions at the matched detector box.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TASKS", "evaluate_checkpoint", "baseline_metrics", "headline", "results_table"]
+
+TASKS = ("scanrefer", "multi3drefer", "scanqa", "sqa3d", "scan2cap")
+FILES = {"scanrefer": "scanrefer_vg", "multi3drefer": "multi3drefer", "scanqa": "scanqa", "sqa3d": "sqa3d",
+         "scan2cap": "scan2cap"}
+HEADLINE = {"scanrefer": ("acc@0.25", "acc@0.5"), "multi3drefer": ("f1@0.25", "f1@0.5"), "scanqa": ("em",),
+            "sqa3d": ("em",), "scan2cap": ("cider",)}
+
+
+def headline(task: str, metrics: dict[str, Any], group: str = "all") -> dict[str, float]:
+    """The numbers the table shows: {metric: value} of one group (overall or a question type)."""
+    if task in ("scanrefer", "multi3drefer"):
+        return {k: metrics[group][k] for k in HEADLINE[task]} if group in metrics else {}
+    if task == "sqa3d":
+        return {"em": metrics["em"]["all"]} if group == "all" else {}
+    return {k: metrics[k] for k in HEADLINE[task]} if group == "all" else {}
+
+
+def evaluate_checkpoint(name: str, path: str | Path, bench: Path, split: str, out: Path, limit: int | None,
+                        frames_upbound: int, model: Any = None) -> dict[str, Any]:
+    """{task: {metrics, questions}} of one checkpoint (answers under out/name/, resumable)."""
+    from video3dllm_training.evaluate import EvalConfig, evaluate
+
+    meta = bench / "metadata"
+    results = {}
+    for task in TASKS:
+        cfg = EvalConfig(task=task, model=str(path), annotations=str(bench / "processed" / f"{FILES[task]}_{split}_llava_style.json"),
+                         posed_images=str(bench / "posed_images"), answers=str(out / name / f"{task}.jsonl"),
+                         boxes=str(meta / f"scannet_{split}_gt_box.json") if task in ("scanrefer", "multi3drefer") else None,
+                         frames_file=str(meta / "scannet_select_frames.json"), frame_strategy="mc",
+                         frames_upbound=frames_upbound, batch_size=64, max_new_tokens=24, limit=limit, device="cpu",
+                         meteor=False, progress=False)
+        result = evaluate(cfg, model=model)
+        results[task] = {"metrics": result.metrics, "questions": result.total}
+        print(f"  {name} {task}: {result.total} questions, {result.seconds:.1f} s", file=sys.stderr)
+    return results
+
+
+def baseline_metrics(bench: Path, split: str, limit: int | None) -> dict[str, Any]:
+    """{task: {metrics}} of the chance/prior baselines on the same questions."""
+    from video3dllm_training.baselines import chance_metrics
+    from video3dllm_training.data import load_box_file
+    from video3dllm_training.data.annotations import load_annotations
+    from video3dllm_training.evaluate import unique_questions
+
+    boxes = load_box_file(bench / "metadata" / f"scannet_{split}_gt_box.json")
+    out = {}
+    for task in TASKS:
+        anns = load_annotations(bench / "processed" / f"{FILES[task]}_{split}_llava_style.json")
+        if limit is not None:  # the same questions the evaluation answers
+            keep = {q.question_id for q in unique_questions(anns)[:limit]}
+            anns = [a for a in anns if a.question_id in keep]
+        train = load_annotations(bench / "processed" / f"{FILES[task]}_train_llava_style.json")
+        out[task] = {"metrics": chance_metrics(task, anns, boxes, train)}
+    return out
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: one row per task, question type and metric; one column per model (values x100)."""
+    names = list(results)
+    lines = ["| task | group | metric | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
+    for task in TASKS:
+        metrics = results[names[0]][task]["metrics"]
+        groups = ["all"] + sorted(g for g in metrics if isinstance(metrics.get(g), dict) and "count" in metrics[g]
+                                  and g != "all") if task in ("scanrefer", "multi3drefer") else ["all"]
+        for group in groups:
+            for metric in HEADLINE[task]:
+                cells = []
+                for name in names:
+                    value = headline(task, results[name][task]["metrics"], group).get(metric)
+                    cells.append("" if value is None else f"{100 * value:.1f}")
+                count = metrics.get(group, {}).get("count") if isinstance(metrics.get(group), dict) else None
+                label = group if count is None else f"{group} ({int(count)})"
+                lines.append(f"| {task} | {label} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
