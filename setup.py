@@ -30,7 +30,7 @@ setup(
     + training_packages,
     package_dir={"video3dllm_training": "training"},
     # The embedded default model's config, tokenizer and vision-tower config (no weights; ~60 KB).
-    package_data={"video3dllm_core.default_model": ["*.json", "*.txt", "*/config.json"]},
+    package_data={"video3dllm_core.default_model": ["*.json", "*.safetensors", "*/config.json"]},
     install_requires=requirements(),
     entry_points={
         "console_scripts": [

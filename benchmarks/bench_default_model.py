@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
     p.add_argument("--frames-upbound", type=int, default=4, help="keyframes per question (as in training)")
     p.add_argument("--out", default="bench_default_model_out")
+    p.add_argument("--record", default=None,
+                   help="also write the embedded model's results.json here (the first --model is the shipped one)")
+    p.add_argument("--recipe", default=None, help="the script that made the models (stored in --record)")
     args = p.parse_args(argv)
     bench, out = Path(args.benchmark), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps({"split": args.split, "limit": args.limit, "results": results}, indent=2) + "\n")
     print(f"split {args.split}" + (f", first {args.limit} questions per task" if args.limit else "") + " (values x100)")
     print(results_table(results))
+    if args.record:
+        record(Path(args.record), bench, args, results)
     return 0
+
+
+def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """results.json of the embedded default model: how the benchmark and model were made, what they score."""
+    info = json.loads((bench / "benchmark.json").read_text())
+    width, height = info["image_size"]
+    bench_args = {"scenes": info["scene_count"], "seed": info["seed"], "frames_per_scene": info["frames_per_scene"],
+                  "width": width, "height": height, "val_fraction": info["fractions"]["val"],
+                  "test_fraction": info["fractions"]["test"]}
+    shipped = args.model[0].partition("=")[2]
+    config = json.loads((Path(shipped) / "config.json").read_text())
+    doc = {
+        "benchmark": {"args": bench_args, "generator_version": info["version"], "test_scenes": info["scenes"]["test"],
+                      "counts": info["counts"]},
+        "training": {"frames_upbound": config["frames_upbound"], "checkpoint": shipped},
+        "recipe": Path(args.recipe).read_text() if args.recipe else None,
+        "test": {"split": args.split, "limit": args.limit, "results": results},
+        "table": results_table(results),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from video3dllm_core.bag_writer import DEFAULT_STAMP_OFFSET_NS, DEFAULT_T_MAP_WO
 from video3dllm_core.cli import main
 from video3dllm_core.ingest import FrameIngestor, IngestConfig
 from video3dllm_core.keyframes import CoverageIndex
+from video3dllm_core.model.prompts import Task
 from video3dllm_core.sources.posed_images import PosedImagesSource
 from video3dllm_core.sources.rosbag import RosbagSource
 
@@ -181,48 +182,62 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-@pytest.mark.slow  # 5-15 s: seven queries with the embedded default model
+@pytest.mark.slow  # 5-15 s: eight queries with the embedded default model
 def test_demo_answers_every_task_next_to_the_truth_and_writes_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from video3dllm_core.commands.demo import T_MAP_WORLD_XYZ
-    from video3dllm_core.report import read_jsonl
-    from video3dllm_core.synthetic import make_scene
+    from video3dllm_core.report import CORRECT_IOU, read_jsonl
+    from video3dllm_training.synthetic_benchmark import make_benchmark_scene, scene_annotations
 
     out = tmp_path / "demo"
     frames = 8
     assert main(["demo", "--out", str(out), "--frames", str(frames), "--width", "128", "--height", "96", "--seed", "2"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("NOTE: the embedded default model is not trained")
+    assert text.startswith("NOTE: the embedded default model is a small Video-3D LLM")
+    assert re.search(r"grounds \d+ % of referring expressions \(chance \d+ %\)", text.splitlines()[0])
     tasks = re.findall(r"^Q\d \[(\w+)\]", text, flags=re.MULTILINE)
-    assert tasks == ["ground", "ground", "ground_multi", "qa", "situated_qa", "caption", "ground"]  # Q6 auto -> ground
-    assert "truth: " in text and "expected words: " in text and "\nkeyframes: " in text
+    assert tasks == ["ground", "ground", "ground", "ground_multi", "qa", "qa", "situated_qa", "caption"]  # Q5 auto -> qa
+    assert "truth: " in text and "expected: " in text and "\nkeyframes: " in text
 
+    spec = make_benchmark_scene(2)
     shift = np.asarray(T_MAP_WORLD_XYZ)
-    objects = {f"{o.colour} {o.label}": o for o in make_scene(2).objects}
+    objects = {f"{o.colour} {o.label}": o for o in spec.objects}
     rows = read_jsonl(out / "answers.jsonl")
-    assert [r["index"] for r in rows] == list(range(7))
+    assert [r["index"] for r in rows] == list(range(8))
     assert {r["requested_task"] for r in rows} == {"ground", "ground_multi", "qa", "situated_qa", "caption", "auto"}
     half = (frames - 1) / 3 / 2  # frames are 1/3 s apart; the first question is asked half-way
     assert rows[0]["at_s"] == pytest.approx(half, abs=1e-3)
     assert rows[0]["frames_seen"] == sum(1 for i in range(frames) if i / 3 <= rows[0]["at_s"]) == 4
     assert all(r["frames_seen"] == frames for r in rows[1:])
+    # the questions and their truth are the benchmark's own for this room
+    anns = scene_annotations(spec, "demo", "test", seed=2)
+    descriptions = {a["conversations"][0]["value"].split("\n")[1] for a in anns[Task.SCANREFER]}
+    assert rows[1]["question"] in descriptions and rows[2]["question"] in descriptions
+    assert rows[4]["expected_text"] in {a["conversations"][1]["value"] for a in anns[Task.SCANQA]}
     for row in rows:
         for gt in row["ground_truth"]:  # truth boxes are the scene's own, moved into the map frame
             obj = objects[gt["label"]]
             assert gt["center_xyz"] == pytest.approx(list(np.asarray(obj.center) + shift))
             assert gt["size_xyz"] == pytest.approx(list(obj.size))
-        for pred in row["objects"]:
-            best = max(_iou(pred["center_xyz"] + pred["size_xyz"], g["center_xyz"] + g["size_xyz"]) for g in row["ground_truth"])
-            assert pred["iou"] == pytest.approx(best, abs=1e-9)
-    caption = rows[5]
+        if row["task"] in ("ground", "ground_multi"):
+            for pred in row["objects"]:
+                best = max(_iou(pred["center_xyz"] + pred["size_xyz"], g["center_xyz"] + g["size_xyz"])
+                           for g in row["ground_truth"])
+                assert pred["iou"] == pytest.approx(best, abs=1e-9)
+            if row["task"] == "ground":  # one box: correct exactly when it overlaps the truth enough
+                assert row["correct"] == (row["objects"][0]["iou"] >= CORRECT_IOU)
+        elif row["expected_text"] is not None and row["task"] != "caption":
+            assert row["correct"] == (row["text"].strip().rstrip(".").lower() == row["expected_text"].lower())
+    caption = rows[7]
     assert caption["task"] == "caption" and caption["target"] == pytest.approx(caption["ground_truth"][0]["center_xyz"])
-    assert rows[3]["expected_text"] == objects[caption["ground_truth"][0]["label"]].colour  # "what color is" c
+    correct = sum(bool(r["correct"]) for r in rows)
+    assert f"{correct} of 8 answers correct" in text
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"]["read"] == frames and summary["world_frame"] == "map"
     page = (out / "report.html").read_text()
-    assert "not trained" in page
+    assert "small Video-3D LLM" in page
     for png in ("birdseye.png", "coverage.png", "latency.png"):
         assert f"src='{png}'" in page
         with Image.open(out / png) as image:

@@ -1,4 +1,4 @@
-"""The embedded default model (seeded random weights, shipped tokenizer) and the checkpoint writer."""
+"""The embedded default model (a small trained checkpoint shipped in the package) and the checkpoint writer."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from video3dllm_core.default_model import DEFAULT_MODEL_DIR, DEFAULT_SEED, default_weights, load_default_model
+from video3dllm_core.default_model import DEFAULT_MODEL_DIR, default_model_results, load_default_model, random_init_
 from video3dllm_core.engine import EngineConfig, SceneEngine
-from video3dllm_core.model import CheckpointError, Video3DLLM
+from video3dllm_core.model import CheckpointError, Video3DLLM, Video3DLLMConfig
 from video3dllm_core.model.checkpoint import save_checkpoint
 from video3dllm_core.model.prompts import build_input_ids, human_turn, special_token_ids
+from video3dllm_core.model.vision import resolve_tower_config
 from video3dllm_core.synthetic import make_scene, render_frames
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,37 +28,50 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_default_model_is_deterministic_and_seeded() -> None:
+def test_default_model_is_the_shipped_trained_checkpoint() -> None:
+    from safetensors.torch import load_file
+
     first, second = load_default_model(device="cpu"), load_default_model(device="cpu")
     assert first is not second and _same_weights(first, second)
-    # Recorded values: a change here changes every default-model answer (bump DEFAULT_SEED's docs).
-    weights = first.state_dict()
-    embed = weights["language_model.model.embed_tokens.weight"]
-    np.testing.assert_allclose(embed[0, :4].tolist(), [0.14591844, -0.32871708, -0.29911399, -0.04285656], atol=1e-7)
-    zero_target = weights["ground_head.zero_target"]
-    np.testing.assert_allclose(zero_target[:3].tolist(), [2.88408422, -0.32231578, 0.96738708], atol=1e-7)
-    other = load_default_model(device="cpu", seed=DEFAULT_SEED + 1)
-    assert not torch.equal(other.image_newline, first.image_newline)
-    # statistics of the recipe: N(0, 1/fan_in) matrices, 1 + N(0, 0.1^2) norm scales
-    q = weights["language_model.model.layers.0.self_attn.q_proj.weight"]
-    assert abs(float(q.std()) - 128 ** -0.5) < 0.01
-    norm = weights["language_model.model.norm.weight"]
-    assert abs(float(norm.mean()) - 1.0) < 0.05
+    assert first.checkpoint_dir == DEFAULT_MODEL_DIR
+    stored = load_file(str(DEFAULT_MODEL_DIR / "model.safetensors"))
+    assert torch.equal(stored["model.embed_tokens.weight"], first.state_dict()["language_model.model.embed_tokens.weight"])
+    assert first.config.mm_spatial_pool_stride == 9 and first.config.uses_position_embedding
     wide = load_default_model(device="cpu", dtype=torch.float64)
     assert wide.dtype == torch.float64 and torch.equal(wide.image_newline, first.image_newline.double())
-    assert default_weights() is default_weights()  # generated once per process
+    results = default_model_results()
+    assert results["training"]["frames_upbound"] == first.config.raw["frames_upbound"]
+    assert "$V train" in results["recipe"] and "$V make-benchmark" in results["recipe"]
+    assert (REPO / "training" / "recipes" / "default_model.sh").read_text() == results["recipe"]
 
 
-def test_default_model_ships_only_small_files() -> None:
+def test_default_model_ships_within_30_mb() -> None:
     files = [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     names = {p.name for p in files}
-    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"} <= names
-    assert not [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
-    assert sum(p.stat().st_size for p in files) < 300_000
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+            "results.json"} <= names
+    assert [p.name for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth")] == ["model.safetensors"]
+    assert sum(p.stat().st_size for p in files) < 30 * 2**20
     model = load_default_model(device="cpu")
     ids = special_token_ids(model.tokenizer)
     assert [ids.ground] == list(model.config.ground_token_ids) and [ids.coord] == list(model.config.coord_token_ids)
-    assert model.eos_token_ids == [ids.im_end] and model.checkpoint_dir == DEFAULT_MODEL_DIR
+    assert model.eos_token_ids == [ids.im_end]
+
+
+def test_random_init_recipe_is_seeded() -> None:
+    config = Video3DLLMConfig.from_pretrained(FIXTURE / "checkpoint")
+    tower = resolve_tower_config(config.mm_vision_tower, FIXTURE / "checkpoint")
+    models = [Video3DLLM.build(config, tower, device="cpu", dtype=torch.float32) for _ in range(3)]
+    random_init_(models[0], 7)
+    random_init_(models[1], 7)
+    random_init_(models[2], 8)
+    assert _same_weights(models[0], models[1]) and not _same_weights(models[0], models[2])
+    weights = models[0].state_dict()
+    # the recipe: N(0, 1/fan_in) matrices, 1 + N(0, 0.1^2) norm scales, N(0, 0.5^2) token embeddings
+    q = weights["language_model.model.layers.0.self_attn.q_proj.weight"]
+    assert abs(float(q.std()) - q.shape[1] ** -0.5) < 0.01
+    assert abs(float(weights["language_model.model.norm.weight"].mean()) - 1.0) < 0.05
+    assert abs(float(weights["language_model.model.embed_tokens.weight"].std()) - 0.5) < 0.02
 
 
 def test_engine_load_without_model_path_runs_offline() -> None:
@@ -66,11 +80,13 @@ def test_engine_load_without_model_path_runs_offline() -> None:
     answers = []
     for engine in engines:
         assert engine.model.checkpoint_dir == DEFAULT_MODEL_DIR
+        assert engine.frame_budget == engine.model.config.raw["frames_upbound"]  # the budget it was trained with
         for frame in frames:
             assert engine.add_frame(frame)
-        answers.append(engine.query("what is in the room?"))
+        answers.append(engine.query("How many chairs are there?"))
     assert all(a.ok for a in answers), [a.error for a in answers]
-    assert answers[0].task == "qa" and answers[0].text == answers[1].text  # same seed, same answer
+    assert answers[0].task == "qa" and answers[0].text == answers[1].text
+    assert len(answers[0].keyframe_stamps_ns) <= engines[0].frame_budget
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         SceneEngine.load(EngineConfig(device="cpu", model_path=str(REPO / "no-such-checkpoint")))
 

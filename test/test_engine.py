@@ -23,7 +23,7 @@ from video3dllm_core.default_model import load_default_model
 from video3dllm_core.engine import EngineConfig, SceneEngine, decide_task
 from video3dllm_core.engine.vision_cache import VisionCache, scene_coords
 from video3dllm_core.frame import PosedFrame
-from video3dllm_core.ingest import FrameIngestor, IngestConfig
+from video3dllm_core.ingest import FrameIngestor
 from video3dllm_core.model import Video3DLLM, select_multi3drefer
 from video3dllm_core.model.prompts import build_input_ids, human_turn
 from video3dllm_core.proposals import fuse_points, propose_boxes
@@ -275,7 +275,7 @@ def test_model_inputs_are_the_scene_frame_coordinates(default_model: Video3DLLM,
     by_stamp = {f.stamp_ns: f for f in frames}
     moved = [by_stamp[s] for s in answer.keyframe_stamps_ns]
     moved = [PosedFrame(f.stamp_ns, f.rgb, f.depth_m, f.K_depth, frame.T_scene_world @ f.T_world_cam) for f in moved]
-    ingested = [FrameIngestor().ingest(f) for f in moved]
+    ingested = [FrameIngestor(default_model.ingest_config()).ingest(f) for f in moved]
     model = default_model
     with torch.no_grad():
         visual = model.encode_frames(np.stack([f.crop_rgb for f in ingested]), np.stack([f.world_coords for f in ingested]),
@@ -326,9 +326,9 @@ def test_cached_results_equal_uncached_results(default_model: Video3DLLM, room: 
 
 def test_vision_cache_recomputes_positions_for_a_new_scene_frame(default_model: Video3DLLM,
                                                                   room: tuple[Any, list[PosedFrame]]) -> None:
-    frames = [FrameIngestor().ingest(f) for f in room[1][:3]]
+    cfg = default_model.ingest_config()  # the model's patch grid (the default model pools with stride 9)
+    frames = [FrameIngestor(cfg).ingest(f) for f in room[1][:3]]
     ids = [10, 11, 12]
-    cfg = IngestConfig()
     cache = VisionCache(8)
     first = SceneFrame.identity()
     shifted = SceneFrame(np.array([[1, 0, 0, -0.7], [0, 1, 0, 2.3], [0, 0, 1, 0.4], [0, 0, 0, 1.0]]))

@@ -81,6 +81,8 @@ def test_cmake_configure_build_install(tmp_path: Path) -> None:
     site = next(install.glob("lib/python3*/site-packages"))
     for package in ("video3dllm_core", "video3dllm_ros", "video3dllm_training"):
         assert (site / package / "__init__.py").is_file(), f"{package} not installed by CMakeLists.txt"
+    for data in ("model.safetensors", "config.json", "tokenizer.json", "results.json"):  # the embedded default model
+        assert (site / "video3dllm_core" / "default_model" / data).is_file(), f"default_model/{data} not installed"
     # The installed copy imports on its own, under the installed name.
     probe = subprocess.run(
         [sys.executable, "-c", "import video3dllm_training, video3dllm_core.frame; print(video3dllm_core.frame.__file__)"],

@@ -1,49 +1,44 @@
-"""The embedded default model: a tiny Video-3D LLM whose weights are made at load time from a seed.
+"""The embedded default model: a small Video-3D LLM trained on our synthetic rooms, shipped in this folder.
 
-No trained Video-3D LLM small enough to ship exists yet, and no weights may be downloaded, so
-``SceneEngine.load()`` without a ``model_path`` uses this stand-in: the architecture of the
-reference-parity fixture (Qwen2 decoder, hidden 128, 2 layers, vocabulary 593; SigLIP-layout
-tower, hidden 64, 2 kept layers; mlp2x_gelu projector; avg-discrete-sin3d position embedding;
-infonce grounding head), its tokenizer and generation config (files in this folder, ~60 KB), and
-weights drawn from a fixed seed on the CPU.
+No downloadable Video-3D LLM fits a package, so ``SceneEngine.load()``, ``video3dllm demo``,
+``replay`` and the ROS node use this model when no ``model_path`` is given. It has the released
+model's architecture scaled down (``video3dllm_training.small_model``: Qwen2 decoder hidden 192 x 4
+layers, the parity fixture's SigLIP-layout tower with 2 kept layers, mlp2x_gelu projector, pooling
+stride 9, avg-discrete-sin3d position embedding, InfoNCE grounding head; 2.2 M parameters, 8.8 MB of
+float32 safetensors), a byte-level BPE tokenizer trained on the benchmark's text, and weights trained
+with ``video3dllm train`` on CPU on the synthetic five-task benchmark
+(``training/recipes/default_model.sh`` reproduces it).
 
-**Its answers are meaningless**: the weights are random. It exists so that the whole pipeline
-(ingest, keyframes, scene frame, proposals, prompts, KV cache, grounding, replay, ROS node) runs
-and is tested end to end on any machine, offline, with the same code paths a real checkpoint
-takes. Point ``EngineConfig.model_path`` at a real checkpoint for real answers.
+It knows the benchmark's world only (rooms with a few coloured objects, the benchmark's phrasings).
+It has learned the answer formats and language priors but not the grounding: its measured accuracy
+on held-out rooms, next to chance and to the ablation without 3D position embedding, is in
+``results.json`` here and in docs/benchmarks.md. For real scenes, point ``EngineConfig.model_path``
+at a real Video-3D LLM checkpoint.
 
-Determinism: the weights depend only on ``seed`` and the parameter names and shapes (drawn in
-float32 on the CPU with one ``torch.Generator``, in sorted parameter-name order), so every
-machine and every call builds bitwise the same model; the float32 weights are generated once per
-process and cached (a few MB), each call builds a fresh model from them on the requested device
-and dtype.
+The folder is an ordinary upstream-layout checkpoint (config.json, model.safetensors, the tower's
+config, tokenizer files, generation_config.json), loaded by ``Video3DLLM.from_pretrained``.
+``random_init_`` is the seeded initialisation ``video3dllm_training.small_model`` starts from.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from video3dllm_core.model.checkpoint import load_generation_config
-from video3dllm_core.model.config import Video3DLLMConfig
-from video3dllm_core.model.modeling import Video3DLLM, default_attn_implementation, default_device, default_dtype
-from video3dllm_core.model.prompts import load_tokenizer
-from video3dllm_core.model.vision import resolve_tower_config
+from video3dllm_core.model.modeling import Video3DLLM
 
-__all__ = ["DEFAULT_MODEL_DIR", "DEFAULT_SEED", "load_default_model", "default_weights", "random_init_"]
+__all__ = ["DEFAULT_MODEL_DIR", "load_default_model", "default_model_results", "random_init_"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent
-"""Folder with config.json, the tower config, tokenizer files and generation_config.json."""
-
-DEFAULT_SEED = 20241130
-"""Seed of the embedded weights (fixed: changing it changes every default-model answer)."""
+"""The checkpoint folder (config.json, model.safetensors, tokenizer, results.json)."""
 
 
 def _std_for(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
-    """(mean, std) of the normal distribution a parameter is drawn from (the fixture's recipe).
+    """(mean, std) of the normal distribution a parameter is drawn from (the parity fixture's recipe).
 
     Token embeddings and ``image_newline`` N(0, 0.5^2); the "no object" target N(0, 1); the
     SigLIP position embedding N(0, 0.2^2); weight matrices and the patch convolution
@@ -63,17 +58,6 @@ def _std_for(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     return 0.0, 0.05  # biases
 
 
-@lru_cache(maxsize=4)
-def default_weights(seed: int = DEFAULT_SEED) -> dict[str, torch.Tensor]:
-    """The default model's float32 CPU weights by parameter name (generated once per seed, cached).
-
-    The returned tensors are shared by every caller: treat them as read-only.
-    """
-    model = _build("cpu", torch.float32, "eager")
-    random_init_(model, seed)
-    return {name: param.detach() for name, param in model.named_parameters()}
-
-
 def random_init_(model: torch.nn.Module, seed: int) -> None:
     """Draw every parameter of ``model`` in place from ``seed`` (float32 on the CPU, one ``torch.Generator``,
     sorted parameter-name order; distributions from ``_std_for``), the same on every machine."""
@@ -85,29 +69,23 @@ def random_init_(model: torch.nn.Module, seed: int) -> None:
             param.copy_(values.to(param.dtype))
 
 
-def _build(device: str | torch.device, dtype: torch.dtype, attn_implementation: str) -> Video3DLLM:
-    config = Video3DLLMConfig.from_pretrained(DEFAULT_MODEL_DIR)
-    tower_config = resolve_tower_config(config.mm_vision_tower, DEFAULT_MODEL_DIR)
-    return Video3DLLM.build(config, tower_config, device=device, dtype=dtype, attn_implementation=attn_implementation)
-
-
 def load_default_model(device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                       attn_implementation: str | None = None, seed: int = DEFAULT_SEED) -> Video3DLLM:
-    """Build the embedded tiny model (random weights from ``seed``) with its tokenizer, offline.
+                       attn_implementation: str | None = None) -> Video3DLLM:
+    """Load the embedded model with its tokenizer, offline (``Video3DLLM.from_pretrained`` of this folder).
 
     Defaults follow ``Video3DLLM.from_pretrained``: CPU float32 + eager attention, CUDA bfloat16.
-    Returns a ``Video3DLLM`` in eval mode without gradients; ``checkpoint_dir`` is this folder.
+
+    Raises:
+        FileNotFoundError: the weights are missing from the installed package (reinstall it).
     """
-    dev = torch.device(device) if device is not None else default_device()
-    dt = dtype or default_dtype(dev)
-    attn = attn_implementation or default_attn_implementation(dev, dt)
-    model = _build(dev, dt, attn)
-    weights = default_weights(int(seed))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(weights[name])
-    model.eval().requires_grad_(False)
-    model.checkpoint_dir = DEFAULT_MODEL_DIR
-    model.generation_config = load_generation_config(DEFAULT_MODEL_DIR, model.config.text_config)
-    model.tokenizer = load_tokenizer(DEFAULT_MODEL_DIR)
-    return model
+    if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"the embedded default model's weights {DEFAULT_MODEL_DIR / 'model.safetensors'} are missing: reinstall "
+            "video3dllm (pip install -e . ships them as package data) or pass a checkpoint as model_path"
+        )
+    return Video3DLLM.from_pretrained(DEFAULT_MODEL_DIR, device=device, dtype=dtype, attn_implementation=attn_implementation)
+
+
+def default_model_results() -> dict[str, Any]:
+    """``results.json``: how the model was made (benchmark, training command) and its recorded accuracy."""
+    return dict(json.loads((DEFAULT_MODEL_DIR / "results.json").read_text(encoding="utf-8")))
