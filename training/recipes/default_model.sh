@@ -25,13 +25,11 @@ train() {
 }
 train "$WORK/init_pe" "$WORK/run_pe" & train "$WORK/init_no_pe" "$WORK/run_no_pe" & wait
 
-# 4. held-out test split: both models next to chance/prior; results.json for the package.
-#    The shipped model is the step-2000 checkpoint of the 3000-step schedule (both runs compared at step 2000:
-#    the session that made it ran out of time; the schedule is kept so --resume auto can finish it).
-python benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/run_pe/checkpoint-2000" \
-  --model no_3d_pe="$WORK/run_no_pe/checkpoint-2000" --out "$WORK/results" --record "$WORK/results/results.json" \
+# 4. held-out test split: both models next to chance/prior; results.json for the package
+python benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/run_pe/checkpoint-3000" \
+  --model no_3d_pe="$WORK/run_no_pe/checkpoint-3000" --out "$WORK/results" --record "$WORK/results/results.json" \
   --recipe training/recipes/default_model.sh
 
 # 5. ship: the checkpoint's files (not train_state/) and the recorded results
-# cp -r "$WORK/run_pe/checkpoint-2000"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json,tiny-siglip-so400m-patch14-384} \
+# cp -r "$WORK/run_pe/checkpoint-3000"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json,tiny-siglip-so400m-patch14-384} \
 #   "$WORK/results/results.json" video3dllm_core/default_model/
