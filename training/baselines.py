@@ -24,7 +24,7 @@ import numpy as np
 
 from video3dllm_core.model.prompts import Task, parse_task
 from video3dllm_training.data.annotations import Annotation
-from video3dllm_training.metrics.boxes import iou_matrix, multi3drefer_query_f1
+from video3dllm_training.metrics.boxes import _group_indices, iou_matrix, multi3drefer_query_f1
 
 __all__ = ["chance_metrics"]
 
@@ -32,11 +32,9 @@ _THRESHOLDS = (0.25, 0.5)
 
 
 def _grouped(values: Sequence[Mapping[str, float]], qtypes: Sequence[str]) -> dict[str, dict[str, float]]:
-    groups: dict[str, list[int]] = {"all": list(range(len(values)))}
-    for i, q in enumerate(qtypes):
-        groups.setdefault(q, []).append(i)
+    """Per-question scores averaged overall and per question type, in the grounding metrics' layout."""
     out = {}
-    for group, idx in groups.items():
+    for group, idx in _group_indices(len(values), qtypes).items():
         stats = {key: float(np.mean([values[i][key] for i in idx])) for key in values[0]}
         stats["count"] = float(len(idx))
         out[group] = stats
@@ -65,7 +63,7 @@ def chance_metrics(task: str | Task, annotations: Sequence[Annotation], boxes: M
     ``boxes`` ({scene_id: [N, 6]}) are the candidate boxes the model chooses from (grounding);
     ``train_annotations`` give the answer/caption priors (text tasks).
     """
-    from video3dllm_training.evaluate import compute_metrics
+    from video3dllm_training.evaluate import _answers_by_question, compute_metrics
 
     t = parse_task(task)
     items = [a for a in annotations if a.task is t]
@@ -103,13 +101,14 @@ def chance_metrics(task: str | Task, annotations: Sequence[Annotation], boxes: M
     for a in train:
         by_type.setdefault(str(a.question_type), []).append(a.answer)
     prior = {q: _most_common(v) for q, v in by_type.items()}
+    refs_of = _answers_by_question(items)  # ScanQA: one entry per answer, one prediction per question
     seen: set[str] = set()
     records = []
     for a in items:
-        if a.question_id in seen:  # ScanQA: one entry per answer, one prediction per question
+        if a.question_id in seen:
             continue
         seen.add(a.question_id)
-        refs = [b.answer for b in items if b.question_id == a.question_id] if t is Task.SCANQA else a.answer
+        refs = refs_of[a.question_id] if t is Task.SCANQA else a.answer
         records.append({"task": t.value, "sample_id": a.question_id, "question_type": a.question_type,
                         "upstream_question_type": a.raw.get("metadata", {}).get("upstream_question_type"),
                         "pred_response": prior.get(str(a.question_type), overall), "gt_response": refs})
