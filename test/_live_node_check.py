@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import Marker, MarkerArray
 
+import _ros_support as ros_support
 import video3dllm_ros.node
 from video3dllm import msg as generated_msg
 from video3dllm.srv import Query
@@ -56,14 +58,7 @@ from video3dllm_ros.factory import RclpyFactory
 F = RclpyFactory()
 
 
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = partial(ros_support.wait_for, timeout=20.0)  # the installed node, on a machine shared with other jobs
 
 
 def call(node: Node, client, request):  # type: ignore[no-untyped-def]

@@ -9,6 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,17 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_PREFIX = Path(sys.prefix)
 INTERFACE_FIXTURES = ROOT / "test" / "fixtures" / "ros_interfaces"
 WHEEL_FIXUP = INTERFACE_FIXTURES / "wheel_prefix_fixup.cmake"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` every 20 ms until it returns something truthy (returned); AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @lru_cache(maxsize=1)

@@ -34,6 +34,7 @@ from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from _ros_support import wait_for
 from video3dllm_core.synthetic import make_scene, render_frames
 from video3dllm_ros import convert
 from video3dllm_ros.factory import RclpyFactory
@@ -47,16 +48,6 @@ STAMP0 = 1_700_000_000 * 10**9
 SCENE = make_scene(seed=1)
 FRAMES = render_frames(SCENE, 8, width=64, height=48)
 LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
