@@ -30,7 +30,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     out = {}
-    for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"])):
+    for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
+                        ("qk1", ["--attention-init-scale", "1"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -55,6 +56,21 @@ def test_init_model_is_deterministic_and_loads(models: dict[str, Path]) -> None:
     assert config["eos_token_id"] == ids.im_end and model.eos_token_ids == [ids.im_end]
     assert config["vocab_size"] == len(model.tokenizer) == model.language_model.get_input_embeddings().weight.shape[0]
     assert (pe / "model.safetensors").stat().st_size < 30 * 2**20
+
+
+def test_attention_init_scale_multiplies_query_and_key_projections_only(models: dict[str, Path]) -> None:
+    from safetensors.torch import load_file
+
+    scaled, plain = load_file(str(models["pe"] / "model.safetensors")), load_file(str(models["qk1"] / "model.safetensors"))
+    assert scaled.keys() == plain.keys()
+    projections = [k for k in scaled if k.startswith("model.layers.") and k.endswith(("q_proj.weight", "k_proj.weight"))]
+    assert len(projections) == 2 * SMALL_MODEL_CONFIG["num_hidden_layers"]
+    for key in scaled:
+        factor = 4.0 if key in projections else 1.0
+        torch.testing.assert_close(scaled[key], plain[key] * factor, rtol=0, atol=0, msg=key)
+    # transformers' N(0, 0.02^2) before the factor
+    std = float(torch.cat([plain[k].flatten() for k in projections]).std())
+    assert 0.018 < std < 0.022
 
 
 def test_tokenizer_learns_the_benchmark_words(bench: Path, models: dict[str, Path]) -> None:

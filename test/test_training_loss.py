@@ -19,9 +19,9 @@ from video3dllm_core.model import Video3DLLM
 from video3dllm_core.model.constants import IGNORE_INDEX
 from video3dllm_core.model.prompts import Task
 from video3dllm_training.data import DatasetConfig, SceneStore, Video3DDataset, load_box_file, load_data_mixture
-from video3dllm_training.data.dataset import Collator, Sample
+from video3dllm_training.data.dataset import Collator, Sample, description_token_ids, grounding_description
 from video3dllm_training.forward import batch_forward
-from video3dllm_training.loss import infonce_loss
+from video3dllm_training.loss import description_recall_loss, infonce_loss
 from video3dllm_training.synthetic_benchmark import make_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,29 @@ def test_infonce_matches_a_hand_computation() -> None:
                         rel_tol=1e-5)
     with pytest.raises(ValueError, match="outside"):
         infonce_loss(scores, [7])
+
+
+def test_description_recall_matches_a_hand_computation() -> None:
+    logits = torch.tensor([1.0, -0.5, 2.0, 0.25, 0.0])
+    log_p = np.log(np.exp(logits.numpy().astype(np.float64)) / np.exp(logits.numpy().astype(np.float64)).sum())
+    assert math.isclose(float(description_recall_loss(logits, [2, 0])), -(log_p[2] + log_p[0]) / 2, rel_tol=1e-6)
+    # minimised when the LM head spreads its mass evenly over the description's tokens
+    even = torch.tensor([5.0, 5.0, -30.0, -30.0, -30.0])
+    assert math.isclose(float(description_recall_loss(even, [0, 1])), math.log(2), rel_tol=1e-4)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        description_recall_loss(logits, [5])
+    with pytest.raises(ValueError, match="no tokens"):
+        description_recall_loss(logits, [])
+
+
+def test_the_description_is_the_last_line_of_a_grounding_turn(model: Video3DLLM) -> None:
+    human = "<image>\nIdentify the object according to the following description.\nThe red chair closest to the door.\n"
+    assert grounding_description(human) == "The red chair closest to the door."
+    ids = description_token_ids(model.tokenizer, human + " ")
+    expected = model.tokenizer("The red chair closest to the door.", add_special_tokens=False).input_ids
+    assert list(ids) == list(dict.fromkeys(expected)) and len(ids) == len(set(ids))
+    with pytest.raises(ValueError, match="no description"):
+        grounding_description("<image>\n  \n")
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +122,31 @@ def test_batched_loss_equals_per_sample_references(model: Video3DLLM, samples: d
     # upstream: grounding samples carry no LM loss; asking for it adds their answer tokens
     with_lm = batch_forward(model, Collator()([samples[Task.SCANREFER]]), lm_loss_on_grounding=True)
     assert with_lm.lm_tokens > 0 and batch_forward(model, Collator()([samples[Task.SCANREFER]])).lm_tokens == 0
+
+
+def _reference_recall(model: Video3DLLM, s: Sample) -> float:
+    """Description recall from the unpadded sequence: log-softmax of the LM head at <ground>, mean over the words."""
+    visual = model.encode_frames(s.crop_rgb, s.world_coords, s.patch_world_coords)
+    merged = model.build_inputs_embeds(s.input_ids.tolist(), visual)
+    hidden = model.run_decoder(merged).hidden_at(model.ground_position(merged))
+    log_p = torch.log_softmax(model.logits(hidden).double(), dim=-1)
+    assert s.description_ids
+    return -float(log_p[list(s.description_ids)].mean())
+
+
+@torch.no_grad()
+def test_description_recall_loss_is_added_for_grounding_samples_only(model: Video3DLLM, samples: dict[Task, Sample]) -> None:
+    order = [Task.SCANREFER, Task.SCANQA, Task.MULTI3DREFER]
+    batch = Collator()([samples[t] for t in order])
+    assert samples[Task.SCANQA].description_ids is None and samples[Task.SCANREFER].description_ids
+    plain = batch_forward(model, batch)
+    out = batch_forward(model, batch, description_loss_weight=0.25)
+    expected = (_reference_recall(model, samples[Task.SCANREFER]) + _reference_recall(model, samples[Task.MULTI3DREFER])) / 2
+    assert plain.description_loss is None and out.description_loss is not None
+    assert math.isclose(out.description_loss, expected, rel_tol=1e-4)
+    assert math.isclose(float(out.loss), float(plain.loss) + 0.25 * expected, rel_tol=1e-4)
+    # the grounding and LM terms are unchanged by the auxiliary loss
+    assert out.ground_loss == plain.ground_loss and out.lm_loss == plain.lm_loss
 
 
 def test_loss_backpropagates_to_every_trained_part(model: Any, samples: dict[Task, Sample]) -> None:

@@ -152,6 +152,8 @@ def test_resume_continues_the_step_count_and_the_run(bench: Path, tmp_path: Path
 def test_train_config_errors_name_the_option(bench: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--grad-accum"):
         _config(bench, tmp_path, grad_accum=0).validate()
+    with pytest.raises(ValueError, match="--description-loss"):
+        _config(bench, tmp_path, description_loss_weight=-1.0).validate()
     with pytest.raises(ValueError, match="nothing to train"):
         _config(bench, tmp_path, tune_vision_tower=False, tune_projector=False, tune_llm=False).validate()
     with pytest.raises(FileNotFoundError, match="train_state"):
@@ -198,6 +200,21 @@ def test_cli_errors_are_one_line_and_name_the_problem(bench: Path, tmp_path: Pat
     assert code == 2 and "--boxes" in capsys.readouterr().err
     code = cli_main(["prepare", "frames", str(tmp_path / "missing"), "--out", str(tmp_path / "f.json")])
     assert code == 2 and "posed-images root not found" in capsys.readouterr().err
+
+
+def test_cli_description_loss_reaches_the_loss_and_the_log(bench: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    code = cli_main(["train", "--model", str(CKPT), "--data", str(bench / "multi.yaml"), "--posed-images", str(bench / "posed_images"),
+                     "--boxes", str(bench / "metadata" / "scannet_train_gt_box.json"), "--output", str(out),
+                     "--task-weights", "scanrefer=1,multi3drefer=1,scanqa=0,sqa3d=0,scan2cap=0", "--frames-upbound", "1",
+                     "--max-steps", "2", "--lr", "1e-3", "--no-tune-vision-tower", "--description-loss", "0.5",
+                     "--save-steps", "2", "--seed", "1"])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for r in records:  # grounding-only batches: loss = InfoNCE + 0.5 * recall
+        assert r["description_loss"] > 0
+        assert r["loss"] == pytest.approx(r["ground_loss"] + 0.5 * r["description_loss"], rel=1e-4)
 
 
 def test_lora_run_with_activation_checkpointing_saves_a_plain_checkpoint(bench: Path, tmp_path: Path) -> None:

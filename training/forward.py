@@ -21,7 +21,7 @@ from torch import nn
 
 from video3dllm_core.model.constants import IGNORE_INDEX
 from video3dllm_training.data.dataset import Batch
-from video3dllm_training.loss import GROUND_TEMPERATURE, infonce_loss, lm_loss_sum
+from video3dllm_training.loss import GROUND_TEMPERATURE, description_recall_loss, infonce_loss, lm_loss_sum
 
 __all__ = ["ForwardOutput", "TrainingModule", "batch_forward"]
 
@@ -35,17 +35,20 @@ class ForwardOutput:
     ground_loss: float | None  # mean InfoNCE of the batch's grounding samples
     lm_tokens: int
     ground_samples: int
+    description_loss: float | None = None  # mean description recall loss of the grounding samples
 
 
 def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0, lm_loss_on_grounding: bool = False,
-                  temperature: float = GROUND_TEMPERATURE) -> ForwardOutput:
-    """Loss = mean LM cross-entropy + ground_loss_scale * mean InfoNCE (see training/loss.py)."""
+                  temperature: float = GROUND_TEMPERATURE, description_loss_weight: float = 0.0) -> ForwardOutput:
+    """Loss = mean LM cross-entropy + ground_loss_scale * mean InfoNCE (see training/loss.py)
+    [+ description_loss_weight * mean description recall loss of the grounding samples, ``description_recall_loss``]."""
     m: Any = model  # a Video3DLLM (typed loosely: accelerate may hand over a wrapper's inner module)
     config = m.config
     ground_ids = torch.tensor([int(t) for t in config.ground_token_ids], dtype=torch.long)
     embeds: list[torch.Tensor] = []
     lm_labels: list[torch.Tensor] = []
-    grounding: list[tuple[int, int, torch.Tensor, tuple[int, ...]]] = []  # (row, position, object features, targets)
+    grounding: list[tuple[int, int, torch.Tensor, tuple[int, ...], tuple[int, ...] | None]] = []
+    # (row, position, object features, targets, description token ids)
     for i in range(len(batch)):
         n = batch.lengths[i]
         ids = batch.input_ids[i, :n].tolist()
@@ -65,7 +68,10 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
             if boxes is None or targets is None:
                 raise ValueError(f"sample {batch.ids[i]}: a grounding sample needs candidate boxes and targets")
             features = m.object_features(visual, boxes).features
-            grounding.append((i, int(hits[0]), features, targets))
+            described = batch.description_ids[i] if batch.description_ids else None
+            if description_loss_weight and not described:
+                raise ValueError(f"sample {batch.ids[i]}: the description recall loss needs the description's token ids")
+            grounding.append((i, int(hits[0]), features, targets, described))
             if not lm_loss_on_grounding:
                 merged_labels = torch.full_like(merged_labels, IGNORE_INDEX)
         embeds.append(merged.embeds)
@@ -98,31 +104,41 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
         lm_value = float(lm.detach())
 
     ground_value: float | None = None
+    description_value: float | None = None
     if grounding:
         head = m.ground_head
         if head is None:
             raise ValueError("grounding samples need a model with a grounding head (ground_head_type 'infonce')")
         losses = []
-        for row, pos, features, targets in grounding:
+        recall = []
+        for row, pos, features, targets, described in grounding:
             scores = head(features, hidden[row, pos][None]).scores
             losses.append(infonce_loss(scores, targets, temperature))
+            if description_loss_weight:
+                recall.append(description_recall_loss(m.logits(hidden[row, pos]), described or ()))
         ground = torch.stack(losses).mean()
         total = total + ground_loss_scale * ground
         ground_value = float(ground.detach())
+        if recall:
+            described_mean = torch.stack(recall).mean()
+            total = total + description_loss_weight * described_mean
+            description_value = float(described_mean.detach())
     return ForwardOutput(loss=total, lm_loss=lm_value, ground_loss=ground_value, lm_tokens=lm_tokens,
-                         ground_samples=len(grounding))
+                         ground_samples=len(grounding), description_loss=description_value)
 
 
 class TrainingModule(nn.Module):
     """`forward(batch) -> ForwardOutput` around a Video3DLLM (what accelerate prepares and wraps)."""
 
     def __init__(self, model: nn.Module, ground_loss_scale: float = 1.0, lm_loss_on_grounding: bool = False,
-                 temperature: float = GROUND_TEMPERATURE) -> None:
+                 temperature: float = GROUND_TEMPERATURE, description_loss_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.ground_loss_scale = float(ground_loss_scale)
         self.lm_loss_on_grounding = lm_loss_on_grounding
         self.temperature = float(temperature)
+        self.description_loss_weight = float(description_loss_weight)
 
     def forward(self, batch: Batch) -> ForwardOutput:
-        return batch_forward(self.model, batch, self.ground_loss_scale, self.lm_loss_on_grounding, self.temperature)
+        return batch_forward(self.model, batch, self.ground_loss_scale, self.lm_loss_on_grounding, self.temperature,
+                             self.description_loss_weight)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from video3dllm_core.model.constants import IGNORE_INDEX
 
-__all__ = ["GROUND_TEMPERATURE", "infonce_loss", "lm_loss_sum"]
+__all__ = ["GROUND_TEMPERATURE", "description_recall_loss", "infonce_loss", "lm_loss_sum"]
 
 GROUND_TEMPERATURE = 0.07
 
@@ -55,3 +55,23 @@ def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     if count == 0:
         return logits.sum() * 0.0, 0
     return F.cross_entropy(logits[valid].float(), labels[valid], reduction="sum"), count
+
+
+def description_recall_loss(logits: torch.Tensor, token_ids: Sequence[int]) -> torch.Tensor:
+    """Mean cross-entropy of the LM-head logits [V] at ``<ground>`` against each of the description's tokens.
+
+    Not an upstream loss: an auxiliary for decoders trained from scratch (the embedded default model). The
+    InfoNCE gradient alone barely reaches the attention of a fresh decoder, whose ``<ground>`` state is then
+    the same for every description; asking the state to recall every word of the description (a dense
+    signal) teaches the decoder to gather the description there, which the grounding head then reads.
+    Minimised by a uniform distribution over the description's tokens.
+    """
+    if logits.ndim != 1:
+        raise ValueError(f"logits must be one vocabulary vector [V], got shape {tuple(logits.shape)}")
+    if not len(token_ids):
+        raise ValueError("the description has no tokens")
+    ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=logits.device)
+    if int(ids.min()) < 0 or int(ids.max()) >= logits.shape[0]:
+        raise ValueError(f"description token ids outside the vocabulary of {logits.shape[0]}")
+    values = logits.float()
+    return torch.logsumexp(values, dim=0) - values[ids].mean()

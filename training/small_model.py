@@ -87,26 +87,39 @@ def train_tokenizer(texts: Iterator[str] | list[str], vocab_size: int = _TOKENIZ
     return tokenizer
 
 
-def _fresh_init_(model: Video3DLLM, seed: int) -> None:
+#: Factor on the decoder's query and key projections after the transformers initialisation. With
+#: N(0, 0.02^2) projections every attention head of a fresh 192-wide decoder is uniform over the ~100 tokens
+#: of a grounding prompt, so the ``<ground>`` state is the same average for every description and the
+#: grounding loss sits on a plateau for thousands of steps; 4x (16x on the attention logits) gives peaked,
+#: input-dependent attention from the start (docs/training.md, "The embedded default model").
+ATTENTION_INIT_SCALE = 4.0
+
+
+def _fresh_init_(model: Video3DLLM, seed: int, attention_init_scale: float = ATTENTION_INIT_SCALE) -> None:
     """Initialise for training from scratch: the tower (frozen in our recipe) and the learned vectors from
     ``random_init_``; the decoder with its own transformers initialisation (N(0, initializer_range) matrices
     and embeddings, unit norms, zero biases); projector and grounding heads with PyTorch's layer defaults.
 
     The decoder's own initialisation matters: with the parity fixture's recipe (N(0, 1/fan_in), embeddings
-    N(0, 0.5^2)) the grounding loss leaves its plateau later and less cleanly (docs/training.md).
+    N(0, 0.5^2)) the grounding loss leaves its plateau later and less cleanly (docs/training.md). The query and
+    key projections are then multiplied by ``attention_init_scale`` (see ``ATTENTION_INIT_SCALE``).
     """
     random_init_(model, seed)
     lm: Any = model.language_model
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(int(seed))
         lm.apply(lm._init_weights)
+        for name, param in lm.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.mul_(float(attention_init_scale))
         for module in [*model.mm_projector.modules(), *(model.ground_head.modules() if model.ground_head else [])]:
             if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)):
                 module.reset_parameters()
 
 
 def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: int = 0, position_embedding: bool = True,
-                     vocab_size: int = _TOKENIZER_VOCAB_SIZE, overrides: dict[str, Any] | None = None) -> Path:
+                     vocab_size: int = _TOKENIZER_VOCAB_SIZE, overrides: dict[str, Any] | None = None,
+                     attention_init_scale: float = ATTENTION_INIT_SCALE) -> Path:
     """Write a fresh small Video-3D LLM (weights from ``seed``) with a tokenizer trained on ``benchmark_dir``.
 
     Returns the checkpoint folder (upstream layout: config.json, model.safetensors, tower config,
@@ -131,7 +144,7 @@ def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: in
     config = Video3DLLMConfig.from_dict(raw)
     tower = resolve_tower_config(config.mm_vision_tower, DEFAULT_MODEL_DIR)
     model = Video3DLLM.build(config, tower, device="cpu", dtype=torch.float32, attn_implementation="eager")
-    _fresh_init_(model, seed)
+    _fresh_init_(model, seed, attention_init_scale)
     model.tokenizer = tokenizer
     generation = json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())
     generation.update({"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"],

@@ -88,6 +88,7 @@ class TrainConfig:
     ground_loss_scale: float = 1.0
     lm_loss_on_grounding: bool = False
     ground_temperature: float = 0.07
+    description_loss_weight: float = 0.0
     task_weights: dict[str, float] | None = None
     group_by_task: bool = True
     save_steps: int = 500
@@ -111,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError(f"--epochs must be > 0, got {self.epochs}")
+        if self.description_loss_weight < 0:
+            raise ValueError(f"--description-loss must be >= 0, got {self.description_loss_weight}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
@@ -411,7 +414,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(round(cfg.warmup_ratio * total_steps)),
                               num_training_steps=total_steps)
-    module = TrainingModule(model, cfg.ground_loss_scale, cfg.lm_loss_on_grounding, cfg.ground_temperature)
+    module = TrainingModule(model, cfg.ground_loss_scale, cfg.lm_loss_on_grounding, cfg.ground_temperature,
+                            cfg.description_loss_weight)
     module, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if plugin is not None and int(plugin.zero_stage or 0) == 3:
@@ -513,7 +517,7 @@ def _register_zero3_external_parameters(module: Any) -> None:
 def _record(accelerator: Any, step: int, outputs: list[Any], scheduler: Any, samples_per_s: float, elapsed: float,
             epoch: int) -> dict[str, Any]:
     """One log line: losses averaged over the logging window and over all processes."""
-    sums = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # loss, n, lm, n_lm, ground, n_ground
+    sums = [0.0] * 8  # loss, n, lm, n_lm, ground, n_ground, description, n_description
     for o in outputs:
         sums[0] += float(o.loss.detach())
         sums[1] += 1
@@ -523,6 +527,9 @@ def _record(accelerator: Any, step: int, outputs: list[Any], scheduler: Any, sam
         if o.ground_loss is not None:
             sums[4] += o.ground_loss
             sums[5] += 1
+        if o.description_loss is not None:
+            sums[6] += o.description_loss
+            sums[7] += 1
     total = accelerator.reduce(torch.tensor(sums, dtype=torch.float64, device=accelerator.device), reduction="sum").tolist()
     record: dict[str, Any] = {
         "step": step,
@@ -530,6 +537,7 @@ def _record(accelerator: Any, step: int, outputs: list[Any], scheduler: Any, sam
         "loss": total[0] / total[1] if total[1] else None,
         "lm_loss": total[2] / total[3] if total[3] else None,
         "ground_loss": total[4] / total[5] if total[5] else None,
+        "description_loss": total[6] / total[7] if total[7] else None,
         "samples_per_s": round(samples_per_s, 3),
         "elapsed_s": round(elapsed, 2),
     }

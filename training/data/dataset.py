@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,8 @@ __all__ = [
     "collate",
     "TaskBatchSampler",
     "with_spatial_instruction",
+    "grounding_description",
+    "description_token_ids",
 ]
 
 #: The sentence upstream's training script inserts after `<image>` (`--add_spatial_instruction True`
@@ -62,6 +65,22 @@ TASK_GROUPS: dict[Task, int] = {
     Task.SCANREFER: 2,
     Task.MULTI3DREFER: 2,
 }
+
+
+def grounding_description(human: str) -> str:
+    """The referring expression of a ScanRefer/Multi3DRefer human turn: its last non-empty line, without `<image>`
+    (the turns read "<image>\\n{instruction}\\n{description}")."""
+    lines = [line.strip() for line in human.replace(IMAGE_TOKEN, "").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"grounding turn {human!r} has no description")
+    return lines[-1]
+
+
+def description_token_ids(tokenizer: Any, human: str) -> tuple[int, ...]:
+    """Distinct token ids of the grounding description, in first-occurrence order (targets of the description
+    recall loss, `batch_forward(description_loss_weight=...)`)."""
+    ids = tokenizer(grounding_description(human), add_special_tokens=False).input_ids
+    return tuple(dict.fromkeys(int(i) for i in ids))
 
 
 def with_spatial_instruction(human: str) -> str:
@@ -108,6 +127,7 @@ class Sample:
     boxes: torch.Tensor | None = None  # [N, 6] float32 candidate boxes (grounding)
     ground_targets: tuple[int, ...] | None = None  # target indices among boxes; () = no object
     coord_xyz: torch.Tensor | None = None  # [3] float32 (Scan2Cap)
+    description_ids: tuple[int, ...] | None = None  # distinct token ids of a grounding description (training)
     frame_names: tuple[str, ...] = ()
     prompt: PromptIds | None = field(default=None, repr=False)
 
@@ -132,6 +152,7 @@ class Batch:
     boxes: list[torch.Tensor | None]
     ground_targets: list[tuple[int, ...] | None]
     coord_xyz: list[torch.Tensor | None]
+    description_ids: list[tuple[int, ...] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -194,6 +215,7 @@ class Video3DDataset(Dataset[Sample]):
             if cfg.training:
                 sample.ground_targets = grounding_targets(ann.object_ids, candidates, ann.boxes, cfg.boxes_are_gt, where,
                                                           cfg.target_iou)
+                sample.description_ids = description_token_ids(self.tokenizer, ann.human)
         if ann.task is Task.SCAN2CAP:
             if ann.box_input is None:
                 if cfg.training:
@@ -236,6 +258,7 @@ class Collator:
             boxes=[s.boxes for s in samples],
             ground_targets=[s.ground_targets for s in samples],
             coord_xyz=[s.coord_xyz for s in samples],
+            description_ids=[s.description_ids for s in samples],
         )
 
 

@@ -20,13 +20,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     p.add_argument("--no-position-embedding", action="store_true",
                    help="the paper's ablation: no 3D position embedding on video tokens and object features")
+    p.add_argument("--attention-init-scale", type=float, default=4.0,
+                   help="factor on the decoder's query/key projections after initialisation (default 4; 1 = transformers')")
 
 
 def run(args: argparse.Namespace) -> int:
     from video3dllm_core.model import Video3DLLM
     from video3dllm_training.small_model import init_small_model
 
-    out = init_small_model(args.benchmark, args.out, seed=args.seed, position_embedding=not args.no_position_embedding)
+    out = init_small_model(args.benchmark, args.out, seed=args.seed, position_embedding=not args.no_position_embedding,
+                           attention_init_scale=args.attention_init_scale)
     model = Video3DLLM.from_pretrained(out, device="cpu")
     print(json.dumps({"out": str(out), "parameters": sum(p.numel() for p in model.parameters()),
                       "vocab_size": len(model.tokenizer),

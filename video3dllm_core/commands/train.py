@@ -60,6 +60,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--gradient-checkpointing", action=b, default=False)
     o.add_argument("--ground-loss-scale", type=float, default=1.0)
     o.add_argument("--lm-loss-on-grounding", action=b, default=False, help="also LM loss on '<ground>' answers (upstream: no)")
+    o.add_argument("--description-loss", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the description recall loss at <ground> (not upstream; helps decoders trained from "
+                        "scratch gather the description, see docs/training.md); default 0")
     o.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"), help="auto: bf16 on GPU")
     o.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="parameter dtype (auto: float32)")
     o.add_argument("--save-dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help="auto: bf16 on GPU")
@@ -102,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> object:
         tune_vision_tower=args.tune_vision_tower, tune_projector=args.tune_projector, tune_llm=args.tune_llm, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         gradient_checkpointing=args.gradient_checkpointing, ground_loss_scale=args.ground_loss_scale,
-        lm_loss_on_grounding=args.lm_loss_on_grounding, task_weights=_weights(args.task_weights),
+        lm_loss_on_grounding=args.lm_loss_on_grounding, description_loss_weight=args.description_loss, task_weights=_weights(args.task_weights),
         group_by_task=args.group_by_task, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         resume=args.resume, log_steps=args.log_steps, seed=args.seed, num_workers=args.num_workers,
         mixed_precision=args.mixed_precision, dtype=args.dtype, attn_implementation=args.attn, save_dtype=args.save_dtype,
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
     def report(record: dict) -> None:
         parts = [f"step {record['step']}", f"loss {record['loss']:.4f}"]
-        for key in ("lm_loss", "ground_loss"):
+        for key in ("lm_loss", "ground_loss", "description_loss"):
             if key in record:
                 parts.append(f"{key} {record[key]:.4f}")
         print("  ".join(parts), flush=True)
