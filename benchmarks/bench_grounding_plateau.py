@@ -10,9 +10,9 @@ starting value for thousands of steps. This benchmark isolates that: ScanRefer o
 * ``qk x4 + recall``: both (the default model's recipe).
 
 Speed: the vision tower is frozen in the recipe, so its outputs and the patch-in-box masks are computed once
-per scene and reused; projector, decoder and heads train exactly as in ``video3dllm train`` (same
-``build_inputs_embeds``-equivalent merge, ``infonce_loss``, ``description_recall_loss``, AdamW with warmup
-and cosine decay, gradient clipping 1). The table reports the argmax accuracy over the ground-truth
+per scene and reused; projector, decoder and heads train exactly as in ``video3dllm train`` (the
+``merge_sequence`` splice of ``build_inputs_embeds``, ``infonce_loss``, ``description_recall_loss``, AdamW
+with warmup and cosine decay, gradient clipping 1). The table reports the argmax accuracy over the ground-truth
 candidates on the validation rooms (the share of descriptions whose target scores highest), its ratio to
 the ``qk x1`` baseline of the same run, and chance.
 
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from video3dllm_core.model import Video3DLLM
-from video3dllm_core.model.layout import image_block, pool_features
+from video3dllm_core.model.layout import image_block, merge_sequence, pool_features
 from video3dllm_core.model.objects import mean_selected_features, min_inside_points, patch_inside_counts
 from video3dllm_training.data import DatasetConfig, SceneStore, Video3DDataset, load_box_file, load_frames_file
 from video3dllm_training.data.annotations import load_annotations
@@ -63,9 +63,8 @@ def _samples(model: Video3DLLM, bench: Path, split: str, frames: int) -> tuple[d
                 scenes[s.scene_id] = {"siglip": visual.siglip, "pe": visual.position_embedding,
                                       "mask": counts >= min_inside_points(tower.patch_size),
                                       "center_pe": model.position_embedding(model.pe_coords(s.boxes[:, :3]))}
-        ground = [j for j, t in enumerate(s.labels.tolist()) if t in set(model.config.ground_token_ids)]  # type: ignore[union-attr]
-        samples.append({"scene": s.scene_id, "ids": s.input_ids.tolist(), "ground": ground[0],
-                        "targets": s.ground_targets, "description": s.description_ids})
+        samples.append({"scene": s.scene_id, "ids": s.input_ids.tolist(), "targets": s.ground_targets,
+                        "description": s.description_ids})
     return scenes, samples
 
 
@@ -82,11 +81,10 @@ def _forward(model: Video3DLLM, batch: list[dict[str, Any]], scenes: dict[str, A
             block = image_block(pool_features(projected, grid, stride) + scene["pe"], model.image_newline)
             visual[smp["scene"]] = (block, mean_selected_features(projected, scene["mask"]) + scene["center_pe"])
         block, objects = visual[smp["scene"]]
-        ids = smp["ids"]
-        k = ids.index(-200)
-        sequences.append(torch.cat([embed(torch.tensor(ids[:k])), block, embed(torch.tensor(ids[k + 1:]))]))
+        merged = merge_sequence(smp["ids"], embed, block)
+        sequences.append(merged.embeds)
         features.append(objects)
-        positions.append(smp["ground"] - 1 + block.shape[0])
+        positions.append(merged.token_positions(model.config.ground_token_ids)[-1])
     longest = max(x.shape[0] for x in sequences)
     inputs = sequences[0].new_zeros((len(sequences), longest, sequences[0].shape[1]))
     mask = torch.zeros((len(sequences), longest), dtype=torch.long)
