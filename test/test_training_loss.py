@@ -17,9 +17,9 @@ import torch
 
 from video3dllm_core.model import Video3DLLM
 from video3dllm_core.model.constants import IGNORE_INDEX
-from video3dllm_core.model.prompts import Task
+from video3dllm_core.model.prompts import Task, human_turn
 from video3dllm_training.data import DatasetConfig, SceneStore, Video3DDataset, load_box_file, load_data_mixture
-from video3dllm_training.data.dataset import Collator, Sample, description_token_ids, grounding_description
+from video3dllm_training.data.dataset import Collator, Sample, description_token_ids, grounding_description, with_spatial_instruction
 from video3dllm_training.forward import batch_forward
 from video3dllm_training.loss import description_recall_loss, infonce_loss
 from video3dllm_training.synthetic_benchmark import make_benchmark
@@ -53,14 +53,22 @@ def test_description_recall_matches_a_hand_computation() -> None:
         description_recall_loss(logits, [])
 
 
-def test_the_description_is_the_last_line_of_a_grounding_turn(model: Video3DLLM) -> None:
+def test_the_description_is_the_line_after_the_grounding_instruction(model: Video3DLLM) -> None:
     human = "<image>\nIdentify the object according to the following description.\nThe red chair closest to the door.\n"
     assert grounding_description(human) == "The red chair closest to the door."
     ids = description_token_ids(model.tokenizer, human + " ")
     expected = model.tokenizer("The red chair closest to the door.", add_special_tokens=False).input_ids
     assert list(ids) == list(dict.fromkeys(expected)) and len(ids) == len(set(ids))
+    # Multi3DRefer turns end with a fixed note: the description is still the line after the instruction
+    multi = human_turn("multi3drefer", description="all the red objects.")
+    assert grounding_description(multi) == "All the red objects."
+    # with upstream's spatial instruction in front, and without any instruction line
+    assert grounding_description(with_spatial_instruction(multi)) == "All the red objects."
+    assert grounding_description("<image>\nThe tall lamp.") == "The tall lamp."
     with pytest.raises(ValueError, match="no description"):
         grounding_description("<image>\n  \n")
+    with pytest.raises(ValueError, match="no description"):
+        grounding_description("<image>Identify the object according to the following description.\n")
 
 
 @pytest.fixture(scope="module")

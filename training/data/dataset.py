@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from video3dllm_core.model.constants import IGNORE_INDEX
-from video3dllm_core.model.prompts import DEFAULT_SYSTEM_MESSAGE, IMAGE_TOKEN, PromptIds, Task, build_input_ids, build_training_ids, parse_task
+from video3dllm_core.model.prompts import DEFAULT_SYSTEM_MESSAGE, GROUNDING_INSTRUCTION, IMAGE_TOKEN, PromptIds, Task, build_input_ids, build_training_ids, parse_task
 from video3dllm_training.data.annotations import Annotation
 from video3dllm_training.data.boxes import grounding_targets
 from video3dllm_training.data.scenes import SceneStore
@@ -68,12 +68,15 @@ TASK_GROUPS: dict[Task, int] = {
 
 
 def grounding_description(human: str) -> str:
-    """The referring expression of a ScanRefer/Multi3DRefer human turn: its last non-empty line, without `<image>`
-    (the turns read "<image>\\n{instruction}\\n{description}")."""
+    """The referring expression of a ScanRefer/Multi3DRefer human turn, without `<image>`: the line after
+    `GROUNDING_INSTRUCTION` ("<image>{instruction}\\n{description}", Multi3DRefer then adds
+    `MULTI3DREFER_NOTE`), or the first non-empty line when the turn has no instruction line."""
     lines = [line.strip() for line in human.replace(IMAGE_TOKEN, "").splitlines() if line.strip()]
+    if GROUNDING_INSTRUCTION in lines:
+        lines = lines[lines.index(GROUNDING_INSTRUCTION) + 1 :]
     if not lines:
-        raise ValueError(f"grounding turn {human!r} has no description")
-    return lines[-1]
+        raise ValueError(f"grounding turn {human!r} has no description (expected a line after {GROUNDING_INSTRUCTION!r})")
+    return lines[0]
 
 
 def description_token_ids(tokenizer: Any, human: str) -> tuple[int, ...]:

@@ -69,11 +69,6 @@ def _truth_box(box: Any, label: str, shift: np.ndarray) -> dict[str, Any]:
     return {"label": label, "center_xyz": [v + float(d) for v, d in zip(values[:3], shift)], "size_xyz": values[3:6]}
 
 
-def _description(human: str) -> str:
-    """The referring expression of a ScanRefer / Multi3DRefer human turn (the line after the instruction)."""
-    return human.split("\n")[1]
-
-
 def _question(human: str, suffix: str) -> str:
     return human.removeprefix("<image>").strip().removesuffix(suffix).strip()
 
@@ -88,6 +83,7 @@ def demo_queries(spec: Any, shift: np.ndarray, mid_s: float, seed: int) -> tuple
     """
     from video3dllm_core.model.prompts import Task
     from video3dllm_core.queries import QuerySpec
+    from video3dllm_training.data.dataset import grounding_description
     from video3dllm_training.synthetic_benchmark import scene_annotations
 
     anns = scene_annotations(spec, "demo", "test", seed=seed)
@@ -115,10 +111,10 @@ def demo_queries(spec: Any, shift: np.ndarray, mid_s: float, seed: int) -> tuple
     situation, _, question = situation_and_question.partition(". ")
     target = _truth_box(cap["gt_box"], _name(by_id[cap["metadata"]["object_id"]]), shift)
     specs = [
-        QuerySpec(0, _description(ref_attr["conversations"][0]["value"]), "ground", at_s=mid_s),
-        QuerySpec(1, _description(ref_attr["conversations"][0]["value"]), "ground"),
-        QuerySpec(2, _description(ref_rel["conversations"][0]["value"]), "ground"),
-        QuerySpec(3, _description(multi["conversations"][0]["value"]), "ground_multi"),
+        QuerySpec(0, grounding_description(ref_attr["conversations"][0]["value"]), "ground", at_s=mid_s),
+        QuerySpec(1, grounding_description(ref_attr["conversations"][0]["value"]), "ground"),
+        QuerySpec(2, grounding_description(ref_rel["conversations"][0]["value"]), "ground"),
+        QuerySpec(3, grounding_description(multi["conversations"][0]["value"]), "ground_multi"),
         QuerySpec(4, _question(qa_count["conversations"][0]["value"], qa_suffix), "qa"),
         QuerySpec(5, _question(qa_rel["conversations"][0]["value"], qa_suffix), "auto"),
         QuerySpec(6, question, "situated_qa", situation=situation + "."),

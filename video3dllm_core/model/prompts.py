@@ -53,6 +53,8 @@ __all__ = [
     "check_token_ids_against_config",
     "PromptSegment",
     "PromptIds",
+    "GROUNDING_INSTRUCTION",
+    "MULTI3DREFER_NOTE",
     "build_input_ids",
     "build_training_ids",
 ]
@@ -63,6 +65,10 @@ GROUND_TOKEN = "<ground>"
 COORD_TOKEN = "<coord>"
 IM_START_TOKEN = "<|im_start|>"
 IM_END_TOKEN = "<|im_end|>"
+#: The first line of ScanRefer / Multi3DRefer questions (upstream's wording); the description follows it.
+GROUNDING_INSTRUCTION = "Identify the object according to the following description."
+#: The line Multi3DRefer questions end with (upstream's wording).
+MULTI3DREFER_NOTE = "There may be no corresponding object, or there may be one or more objects."
 
 # Upstream training hard-codes 198 (Qwen2's "\n") as a token whose label is never masked.
 _UPSTREAM_UNMASKED_NEWLINE_ID = 198
@@ -175,11 +181,8 @@ def human_turn(
     assert description is not None
     desc = description.capitalize()
     if t is Task.SCANREFER:
-        return f"<image>Identify the object according to the following description.\n{desc}"
-    return (
-        f"<image>Identify the object according to the following description.\n{desc}\n"
-        "There may be no corresponding object, or there may be one or more objects."
-    )
+        return f"<image>{GROUNDING_INSTRUCTION}\n{desc}"
+    return f"<image>{GROUNDING_INSTRUCTION}\n{desc}\n{MULTI3DREFER_NOTE}"
 
 
 # --------------------------------------------------------------------------------------------------
