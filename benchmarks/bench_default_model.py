@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeatable)")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
-    p.add_argument("--frames-upbound", type=int, default=4, help="keyframes per question (as in training)")
+    p.add_argument("--frames-upbound", type=int, default=None,
+                   help="keyframes per question (default: each model's config frames_upbound, as in its training)")
     p.add_argument("--out", default="bench_default_model_out")
     p.add_argument("--record", default=None,
                    help="also write the embedded model's results.json here (the first --model is the shipped one)")
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         name, _, path = spec.partition("=")
         if not path:
             raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
-        results[name] = evaluate_checkpoint(name, path, bench, args.split, out, args.limit, args.frames_upbound)
+        frames = args.frames_upbound or json.loads((Path(path) / "config.json").read_text())["frames_upbound"]
+        results[name] = evaluate_checkpoint(name, path, bench, args.split, out, args.limit, frames)
     (out / "results.json").write_text(json.dumps({"split": args.split, "limit": args.limit, "results": results}, indent=2) + "\n")
     print(f"split {args.split}" + (f", first {args.limit} questions per task" if args.limit else "") + " (values x100)")
     print(results_table(results))
@@ -61,6 +63,9 @@ def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str,
                   "test_fraction": info["fractions"]["test"]}
     shipped = args.model[0].partition("=")[2]
     config = json.loads((Path(shipped) / "config.json").read_text())
+    if args.frames_upbound not in (None, config["frames_upbound"]):
+        raise SystemExit(f"--record: the shipped model is measured with its own frames_upbound ({config['frames_upbound']}), "
+                         f"not --frames-upbound {args.frames_upbound}; drop the option")
     doc = {
         "benchmark": {"args": bench_args, "generator_version": info["version"], "test_scenes": info["scenes"]["test"],
                       "counts": info["counts"]},
