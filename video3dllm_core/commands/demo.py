@@ -184,32 +184,47 @@ def _print_row(row: dict[str, Any]) -> None:
         print(f"   -> {'CORRECT' if row['correct'] else 'WRONG'}")
 
 
-def run(args: argparse.Namespace) -> int:
-    from video3dllm_core.commands.replay import load_engine
-    from video3dllm_core.replay import build_summary, replay, write_outputs
+def render_demo_room(seed: int, frames: int, width: int, height: int) -> tuple[Any, list[Any]]:
+    """The benchmark room of `seed` and its rendered frames, placed in the `map` frame at T_MAP_WORLD_XYZ."""
     from video3dllm_core.synthetic import render_frames
     from video3dllm_training.synthetic_benchmark import make_benchmark_scene
 
-    if args.frames < 2:
-        raise ValueError(f"--frames must be at least 2, got {args.frames}")
+    if frames < 2:
+        raise ValueError(f"--frames must be at least 2, got {frames}")
+    spec = make_benchmark_scene(seed)
+    T_map_world = np.eye(4)
+    T_map_world[:3, 3] = T_MAP_WORLD_XYZ
+    return spec, [dataclasses.replace(f, T_world_cam=T_map_world @ f.T_world_cam)
+                  for f in render_frames(spec, frames, width, height)]
+
+
+def ask_demo_room(spec: Any, frames: list[Any], engine: Any, seed: int) -> tuple[Any, list[dict[str, Any]]]:
+    """Stream the frames through the (fresh) engine, ask `demo_queries`, and check every answer:
+    (replay result, answers.jsonl rows with the truth and `correct`, see `add_truth`)."""
+    from video3dllm_core.replay import replay
+
+    duration_s = (frames[-1].stamp_ns - frames[0].stamp_ns) / 1e9
+    queries, truth = demo_queries(spec, np.asarray(T_MAP_WORLD_XYZ, dtype=np.float64), mid_s=round(duration_s / 2, 3),
+                                  seed=seed)
+    result = replay(frames, engine, queries, rate="max")
+    return result, [add_truth(r.to_dict(), truth[r.spec.index]) for r in result.records]
+
+
+def run(args: argparse.Namespace) -> int:
+    from video3dllm_core.commands.replay import load_engine
+    from video3dllm_core.replay import build_summary, write_outputs
+
     notes = [default_model_note()] if args.model is None else []
     for note in notes:
         print(note)
         print()
     t_start = time.perf_counter()
-    spec = make_benchmark_scene(args.seed)
-    shift = np.asarray(T_MAP_WORLD_XYZ, dtype=np.float64)
-    T_map_world = np.eye(4)
-    T_map_world[:3, 3] = shift
-    frames = [
-        dataclasses.replace(f, T_world_cam=T_map_world @ f.T_world_cam)
-        for f in render_frames(spec, args.frames, args.width, args.height)
-    ]
+    spec, frames = render_demo_room(args.seed, args.frames, args.width, args.height)
     t_render = time.perf_counter() - t_start
     objects = [o for o in spec.objects if o.placement == "floor"]
     lx, ly, lz = spec.room_size
     print(
-        f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room at map ({shift[0]:.0f}, {shift[1]:.0f}) with "
+        f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room at map ({T_MAP_WORLD_XYZ[0]:.0f}, {T_MAP_WORLD_XYZ[1]:.0f}) with "
         + ", ".join(_name(o) for o in objects)
     )
     print(f"rendered {len(frames)} frames {args.width}x{args.height} in {t_render:.2f} s")
@@ -218,11 +233,8 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(args, args.model)
     t_load = time.perf_counter() - t0
     print(f"loaded the {'embedded default' if args.model is None else args.model} model in {t_load:.2f} s")
-    duration_s = (frames[-1].stamp_ns - frames[0].stamp_ns) / 1e9
-    queries, truth = demo_queries(spec, shift, mid_s=round(duration_s / 2, 3), seed=args.seed)
-    result = replay(frames, engine, queries, rate="max")
+    result, rows = ask_demo_room(spec, frames, engine, args.seed)
     summary = build_summary(result, engine, f"synthetic scene seed {args.seed} ({len(frames)} frames)", {}, "map")
-    rows = [add_truth(r.to_dict(), truth[r.spec.index]) for r in result.records]
     print()
     for row in rows:
         _print_row(row)

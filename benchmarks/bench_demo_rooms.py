@@ -1,0 +1,62 @@
+"""How often `video3dllm demo`'s answers are right, over many rooms instead of one.
+
+`video3dllm demo` asks eight questions about one room (seed 0 by default). One room is a small
+sample: this runs the very same demo (render, stream through the scene engine, `demo_queries`,
+`add_truth`) for seeds 0..N-1 and prints, per question, how many rooms got it right, and the mean
+number of correct answers per room. Pass several models to compare them on the same rooms.
+
+    python benchmarks/bench_demo_rooms.py --rooms 10 [--model NAME=CHECKPOINT ...] [--width 640 --height 480]
+
+Without --model: the embedded default model. ~1 s per room on one core at 640x480.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from video3dllm_core.commands.demo import ask_demo_room, render_demo_room  # noqa: E402
+from video3dllm_core.engine import EngineConfig, SceneEngine  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rooms", type=int, default=10, help="seeds 0..N-1 (default 10)")
+    p.add_argument("--model", action="append", default=None,
+                   help="NAME=CHECKPOINT (repeatable; default: the embedded default model)")
+    p.add_argument("--frames", type=int, default=40, help="frames along the camera loop (the demo's default 40)")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    args = p.parse_args(argv)
+    models = [spec.partition("=")[::2] for spec in args.model] if args.model else [("default", None)]
+    rooms = [render_demo_room(seed, args.frames, args.width, args.height) for seed in range(args.rooms)]
+    correct: dict[str, Counter[str]] = {}
+    per_room: dict[str, list[int]] = {}
+    questions: list[str] = []
+    for name, path in models:
+        correct[name], per_room[name] = Counter(), []
+        for seed, (spec, frames) in enumerate(rooms):
+            engine = SceneEngine.load(EngineConfig(model_path=path or None))
+            _, rows = ask_demo_room(spec, frames, engine, seed)
+            for row in rows:
+                key = f"Q{row['index']} {row['task']}"
+                if key not in questions:
+                    questions.append(key)
+                correct[name][key] += bool(row.get("correct"))
+            per_room[name].append(sum(bool(r.get("correct")) for r in rows))
+    print(f"demo questions answered correctly in {args.rooms} rooms (seeds 0..{args.rooms - 1}, "
+          f"{args.frames} frames at {args.width}x{args.height})")
+    print("| question | " + " | ".join(correct) + " |")
+    print("| --- |" + " --- |" * len(correct))
+    for key in questions:
+        print(f"| {key} | " + " | ".join(f"{correct[name][key]} / {args.rooms}" for name in correct) + " |")
+    print("| mean correct per room (of 8) | " + " | ".join(f"{sum(v) / len(v):.2f}" for v in per_room.values()) + " |")
+    print("| per room | " + " | ".join(" ".join(map(str, v)) for v in per_room.values()) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
