@@ -1,0 +1,139 @@
+"""What an object's grounding feature says about it: linear probes for colour and label.
+
+The grounding head compares the `<ground>` state with one feature per candidate box (upstream's
+``patch14-pe``: the mean of the projected patch features inside the box over the keyframes, plus the
+sine embedding of the box centre). Whatever the feature does not carry, no decoder can ground by.
+This script measures it on a synthetic benchmark: for every floor object seen in the max-coverage
+keyframes of the train and validation rooms it computes the feature parts of a checkpoint, fits a
+linear softmax probe on the train rooms and reports its accuracy on the validation rooms, for
+
+* ``tower``: the mean tower output inside the box (before the projector);
+* ``projected``: the mean projected feature (``ObjectFeatures.before_pe``);
+* ``box size``: the candidate box's size (dx, dy, dz) - not part of the feature; shows how much of the
+  label is size (the benchmark's table, chair, cabinet, bed, sofa and box are all cuboids);
+
+against the majority class of the train rooms (chance row).
+
+    python benchmarks/probe_object_features.py --benchmark default_model_work/bench \\
+        --model default=video3dllm_core/default_model [--model other=CHECKPOINT] [--frames-upbound 4]
+
+One core: ~1 min per model for the 150-room benchmark of the default-model recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from video3dllm_core.model import Video3DLLM  # noqa: E402
+from video3dllm_core.model.objects import mean_selected_features, min_inside_points, patch_inside_counts  # noqa: E402
+from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
+from video3dllm_training.synthetic_benchmark import make_benchmark_scene  # noqa: E402
+
+FEATURES = ("tower", "projected", "box size")
+
+
+def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int) -> dict[str, list]:
+    """Feature parts, colour and label of every floor object seen in the split's keyframes."""
+    info = json.loads((bench / "benchmark.json").read_text())
+    meta = bench / "metadata"
+    store = SceneStore(str(bench / "posed_images"), frames_file=load_frames_file(str(meta / "scannet_select_frames.json")),
+                       ingest_config=model.ingest_config())
+    rows: dict[str, list] = {"tower": [], "projected": [], "box size": [], "colour": [], "label": []}
+    for scene_id, boxes in load_box_file(str(meta / f"scannet_{split}_gt_box.json")).items():
+        spec = make_benchmark_scene(int(info["scene_seeds"][scene_id]))
+        if len(spec.objects) != len(boxes):
+            raise ValueError(f"{scene_id}: {len(boxes)} boxes in the box file, {len(spec.objects)} objects in the scene "
+                             "(benchmark made by another generator version?)")
+        frames = store.frames(scene_id, "mc", frames_upbound)
+        with torch.no_grad():
+            visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]))
+            box = torch.as_tensor(np.asarray(boxes), dtype=torch.float32).reshape(-1, 6)
+            tower = model.vision_tower
+            mask = patch_inside_counts(visual.world_coords, box, tower.patch_size, tower.grid) >= min_inside_points(tower.patch_size)
+            tower_mean = mean_selected_features(visual.siglip, mask)
+            projected_mean = mean_selected_features(visual.projected, mask)
+        for i, obj in enumerate(spec.objects):
+            if obj.label in ("door", "window") or not bool(mask[i].any()):
+                continue
+            rows["tower"].append(tower_mean[i].float().numpy())
+            rows["projected"].append(projected_mean[i].float().numpy())
+            rows["box size"].append(box[i, 3:].numpy())
+            rows["colour"].append(obj.colour)
+            rows["label"].append(obj.label)
+    return rows
+
+
+def linear_probe(x_train: np.ndarray, y_train: list[str], x_val: np.ndarray, y_val: list[str], seed: int = 0,
+                 steps: int = 500) -> float:
+    """Validation accuracy of a softmax regression fitted on standardised train features (Adam, full batch)."""
+    classes = sorted(set(y_train))
+    index = {c: i for i, c in enumerate(classes)}
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    xt = torch.tensor((x_train - mean) / std, dtype=torch.float32)
+    xv = torch.tensor((x_val - mean) / std, dtype=torch.float32)
+    yt = torch.tensor([index[c] for c in y_train])
+    yv = torch.tensor([index.get(c, -1) for c in y_val])
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(xt.shape[1], len(classes))
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(probe(xt), yt).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((probe(xv).argmax(1) == yv).float().mean())
+
+
+def majority(y_train: list[str], y_val: list[str]) -> float:
+    top = Counter(y_train).most_common(1)[0][0]
+    return sum(y == top for y in y_val) / len(y_val)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--benchmark", required=True, help="folder written by `video3dllm make-benchmark`")
+    p.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeatable)")
+    p.add_argument("--frames-upbound", type=int, default=4, help="max-coverage keyframes per room (default 4)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    bench = Path(args.benchmark)
+    table: list[tuple[str, str, float, float]] = []
+    chance = None
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
+        model = Video3DLLM.from_pretrained(path, device="cpu", dtype=torch.float32)
+        model.eval()
+        train = object_rows(model, bench, "train", args.frames_upbound)
+        val = object_rows(model, bench, "val", args.frames_upbound)
+        for feature in FEATURES:
+            if feature == "box size" and any(row[1] == feature for row in table):
+                continue  # the same for every model
+            accs = [linear_probe(np.stack(train[feature]), train[target], np.stack(val[feature]), val[target])
+                    for target in ("colour", "label")]
+            table.append((name if feature != "box size" else "-", feature, accs[0], accs[1]))
+        chance = (majority(train["colour"], val["colour"]), majority(train["label"], val["label"]), len(train["label"]),
+                  len(val["label"]), len(set(train["colour"])), len(set(train["label"])))
+    assert chance is not None
+    print(f"linear probes, train rooms -> validation rooms ({chance[2]} / {chance[3]} seen floor objects, "
+          f"{chance[4]} colours, {chance[5]} labels, {args.frames_upbound} max-coverage keyframes); accuracy x100")
+    print("| model | feature | colour | label |")
+    print("| --- | --- | --- | --- |")
+    for model_name, feature, colour, label in table:
+        print(f"| {model_name} | {feature} | {100 * colour:.1f} | {100 * label:.1f} |")
+    print(f"| chance | majority class of the train rooms | {100 * chance[0]:.1f} | {100 * chance[1]:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
