@@ -96,7 +96,7 @@ ATTENTION_INIT_SCALE = 4.0
 
 
 def _fresh_init_(model: Video3DLLM, seed: int, attention_init_scale: float = ATTENTION_INIT_SCALE) -> None:
-    """Initialise for training from scratch: the tower (frozen in our recipe) and the learned vectors from
+    """Initialise for training from scratch: the tower (trained with the rest in our recipe) and the learned vectors from
     ``random_init_``; the decoder with its own transformers initialisation (N(0, initializer_range) matrices
     and embeddings, unit norms, zero biases); projector and grounding heads with PyTorch's layer defaults.
 
