@@ -31,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     args = p.parse_args(argv)
-    models = [spec.partition("=")[::2] for spec in args.model] if args.model else [("default", None)]
+    models: list[tuple[str, str | None]] = [("default", None)]
+    if args.model:
+        models = [(name, path) for name, _, path in (spec.partition("=") for spec in args.model)]
+        for (name, path), spec in zip(models, args.model):
+            if not path:
+                raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
     rooms = [render_demo_room(seed, args.frames, args.width, args.height) for seed in range(args.rooms)]
     correct: dict[str, Counter[str]] = {}
     per_room: dict[str, list[int]] = {}
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in models:
         correct[name], per_room[name] = Counter(), []
         for seed, (spec, frames) in enumerate(rooms):
-            engine = SceneEngine.load(EngineConfig(model_path=path or None))
+            engine = SceneEngine.load(EngineConfig(model_path=path))
             _, rows = ask_demo_room(spec, frames, engine, seed)
             for row in rows:
                 key = f"Q{row['index']} {row['task']}"

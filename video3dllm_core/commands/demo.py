@@ -223,8 +223,9 @@ def run(args: argparse.Namespace) -> int:
     t_render = time.perf_counter() - t_start
     objects = [o for o in spec.objects if o.placement == "floor"]
     lx, ly, lz = spec.room_size
+    x_m, y_m = T_MAP_WORLD_XYZ[:2]
     print(
-        f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room at map ({T_MAP_WORLD_XYZ[0]:.0f}, {T_MAP_WORLD_XYZ[1]:.0f}) with "
+        f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room at map ({x_m:.0f}, {y_m:.0f}) with "
         + ", ".join(_name(o) for o in objects)
     )
     print(f"rendered {len(frames)} frames {args.width}x{args.height} in {t_render:.2f} s")
