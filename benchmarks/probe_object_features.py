@@ -1,4 +1,4 @@
-"""What an object's grounding feature says about it: linear probes for colour and label.
+"""What an object's grounding feature says about it: linear probes for colour, label and primitive shape.
 
 The grounding head compares the `<ground>` state with one feature per candidate box (upstream's
 ``patch14-pe``: the mean of the projected patch features inside the box over the keyframes, plus the
@@ -12,7 +12,8 @@ linear softmax probe on the train rooms and reports its accuracy on the validati
 * ``box size``: the candidate box's size (dx, dy, dz) - not part of the feature; shows how much of the
   label is size (the benchmark's table, chair, cabinet, bed, sofa and box are all cuboids);
 
-against the majority class of the train rooms (chance row).
+against the majority class of the train rooms (chance row). Targets: the colour, the label (12
+categories) and the label's primitive shape (cuboid, cylinder, sphere or cone).
 
     python benchmarks/probe_object_features.py --benchmark default_model_work/bench \\
         --model default=video3dllm_core/default_model [--model other=CHECKPOINT] [--frames-upbound 4]
@@ -35,10 +36,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from video3dllm_core.model import Video3DLLM  # noqa: E402
 from video3dllm_core.model.objects import mean_selected_features, min_inside_points, patch_inside_counts  # noqa: E402
+from video3dllm_core.synthetic import CATALOGUE  # noqa: E402
 from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
 from video3dllm_training.synthetic_benchmark import make_benchmark_scene  # noqa: E402
 
 FEATURES = ("tower", "projected", "box size")
+TARGETS = ("colour", "label", "primitive")
 
 
 def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int) -> dict[str, list]:
@@ -47,7 +50,7 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
     meta = bench / "metadata"
     store = SceneStore(str(bench / "posed_images"), frames_file=load_frames_file(str(meta / "scannet_select_frames.json")),
                        ingest_config=model.ingest_config())
-    rows: dict[str, list] = {"tower": [], "projected": [], "box size": [], "colour": [], "label": []}
+    rows: dict[str, list] = {"tower": [], "projected": [], "box size": [], "colour": [], "label": [], "primitive": []}
     for scene_id, boxes in load_box_file(str(meta / f"scannet_{split}_gt_box.json")).items():
         spec = make_benchmark_scene(int(info["scene_seeds"][scene_id]))
         if len(spec.objects) != len(boxes):
@@ -69,6 +72,7 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
             rows["box size"].append(box[i, 3:].numpy())
             rows["colour"].append(obj.colour)
             rows["label"].append(obj.label)
+            rows["primitive"].append(CATALOGUE[obj.label][0])
     return rows
 
 
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     bench = Path(args.benchmark)
-    table: list[tuple[str, str, float, float]] = []
+    table: list[tuple[str, str, list[float]]] = []
     chance = None
     for spec in args.model:
         name, _, path = spec.partition("=")
@@ -120,18 +124,18 @@ def main(argv: list[str] | None = None) -> int:
             if feature == "box size" and any(row[1] == feature for row in table):
                 continue  # the same for every model
             accs = [linear_probe(np.stack(train[feature]), train[target], np.stack(val[feature]), val[target])
-                    for target in ("colour", "label")]
-            table.append((name if feature != "box size" else "-", feature, accs[0], accs[1]))
-        chance = (majority(train["colour"], val["colour"]), majority(train["label"], val["label"]), len(train["label"]),
-                  len(val["label"]), len(set(train["colour"])), len(set(train["label"])))
+                    for target in TARGETS]
+            table.append((name if feature != "box size" else "-", feature, accs))
+        chance = [majority(train[target], val[target]) for target in TARGETS]
+        counts = (len(train["label"]), len(val["label"]), len(set(train["colour"])), len(set(train["label"])))
     assert chance is not None
-    print(f"linear probes, train rooms -> validation rooms ({chance[2]} / {chance[3]} seen floor objects, "
-          f"{chance[4]} colours, {chance[5]} labels, {args.frames_upbound} max-coverage keyframes); accuracy x100")
-    print("| model | feature | colour | label |")
-    print("| --- | --- | --- | --- |")
-    for model_name, feature, colour, label in table:
-        print(f"| {model_name} | {feature} | {100 * colour:.1f} | {100 * label:.1f} |")
-    print(f"| chance | majority class of the train rooms | {100 * chance[0]:.1f} | {100 * chance[1]:.1f} |")
+    print(f"linear probes, train rooms -> validation rooms ({counts[0]} / {counts[1]} seen floor objects, "
+          f"{counts[2]} colours, {counts[3]} labels, {args.frames_upbound} max-coverage keyframes); accuracy x100")
+    print("| model | feature | " + " | ".join(TARGETS) + " |")
+    print("| --- | --- |" + " --- |" * len(TARGETS))
+    for model_name, feature, accs in table:
+        print(f"| {model_name} | {feature} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + " |")
+    print("| chance | majority class of the train rooms | " + " | ".join(f"{100 * a:.1f}" for a in chance) + " |")
     return 0
 
 
