@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     questions: list[str] = []
     for name, path in models:
         correct[name], per_room[name] = Counter(), []
+        engine = SceneEngine.load(EngineConfig(model_path=path))
         for seed, (spec, frames) in enumerate(rooms):
-            engine = SceneEngine.load(EngineConfig(model_path=path))
+            engine.reset()  # a fresh scene for every room, one model load per model
             _, rows = ask_demo_room(spec, frames, engine, seed)
             for row in rows:
                 key = f"Q{row['index']} {row['task']}"

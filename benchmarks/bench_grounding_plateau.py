@@ -10,8 +10,8 @@ starting value for thousands of steps. This benchmark isolates that: ScanRefer o
 * ``qk x4 + recall``: both (the default model's recipe).
 
 Speed: the vision tower is frozen here (as in the recipe of the time), so its outputs and the patch-in-box
-masks are computed once per scene and reused; projector, decoder and heads train exactly as in ``video3dllm train`` (the
-``merge_sequence`` splice of ``build_inputs_embeds``, ``infonce_loss``, ``description_recall_loss``, AdamW
+masks are computed once per scene and reused; projector, decoder and heads train exactly as in
+``video3dllm train`` (the ``merge_sequence`` splice of ``build_inputs_embeds``, ``infonce_loss``, ``description_recall_loss``, AdamW
 with warmup and cosine decay, gradient clipping 1). The table reports the argmax accuracy over the ground-truth
 candidates on the validation rooms (the share of descriptions whose target scores highest), its ratio to
 the ``qk x1`` baseline of the same run, and chance.

@@ -36,9 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from video3dllm_core.model import Video3DLLM  # noqa: E402
 from video3dllm_core.model.objects import mean_selected_features, min_inside_points, patch_inside_counts  # noqa: E402
-from video3dllm_core.synthetic import CATALOGUE  # noqa: E402
 from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
-from video3dllm_training.synthetic_benchmark import make_benchmark_scene  # noqa: E402
+from video3dllm_training.relations import objects_from_json  # noqa: E402
 
 FEATURES = ("tower", "projected", "box size")
 TARGETS = ("colour", "label", "primitive")
@@ -46,16 +45,15 @@ TARGETS = ("colour", "label", "primitive")
 
 def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int) -> dict[str, list]:
     """Feature parts, colour and label of every floor object seen in the split's keyframes."""
-    info = json.loads((bench / "benchmark.json").read_text())
     meta = bench / "metadata"
     store = SceneStore(str(bench / "posed_images"), frames_file=load_frames_file(str(meta / "scannet_select_frames.json")),
                        ingest_config=model.ingest_config())
     rows: dict[str, list] = {"tower": [], "projected": [], "box size": [], "colour": [], "label": [], "primitive": []}
     for scene_id, boxes in load_box_file(str(meta / f"scannet_{split}_gt_box.json")).items():
-        spec = make_benchmark_scene(int(info["scene_seeds"][scene_id]))
-        if len(spec.objects) != len(boxes):
-            raise ValueError(f"{scene_id}: {len(boxes)} boxes in the box file, {len(spec.objects)} objects in the scene "
-                             "(benchmark made by another generator version?)")
+        objects = objects_from_json(json.loads((bench / "posed_images" / scene_id / "objects.json").read_text()))
+        if len(objects) != len(boxes):
+            raise ValueError(f"{scene_id}: {len(boxes)} boxes in the box file, {len(objects)} objects in objects.json "
+                             "(box file and scenes from different benchmarks?)")
         frames = store.frames(scene_id, "mc", frames_upbound)
         with torch.no_grad():
             visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]))
@@ -64,7 +62,7 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
             mask = patch_inside_counts(visual.world_coords, box, tower.patch_size, tower.grid) >= min_inside_points(tower.patch_size)
             tower_mean = mean_selected_features(visual.siglip, mask)
             projected_mean = mean_selected_features(visual.projected, mask)
-        for i, obj in enumerate(spec.objects):
+        for i, obj in enumerate(objects):
             if obj.label in ("door", "window") or not bool(mask[i].any()):
                 continue
             rows["tower"].append(tower_mean[i].float().numpy())
@@ -72,7 +70,7 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
             rows["box size"].append(box[i, 3:].numpy())
             rows["colour"].append(obj.colour)
             rows["label"].append(obj.label)
-            rows["primitive"].append(CATALOGUE[obj.label][0])
+            rows["primitive"].append(obj.shape)
     return rows
 
 
