@@ -119,8 +119,11 @@ def _fresh_init_(model: Video3DLLM, seed: int, attention_init_scale: float = ATT
 
 def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: int = 0, position_embedding: bool = True,
                      vocab_size: int = _TOKENIZER_VOCAB_SIZE, overrides: dict[str, Any] | None = None,
-                     attention_init_scale: float = ATTENTION_INIT_SCALE) -> Path:
+                     attention_init_scale: float = ATTENTION_INIT_SCALE, vision_tower_from: str | Path | None = None) -> Path:
     """Write a fresh small Video-3D LLM (weights from ``seed``) with a tokenizer trained on ``benchmark_dir``.
+
+    ``vision_tower_from``: a checkpoint whose vision tower replaces the fresh one (e.g. the output of
+    `video3dllm pretrain-tower`, so that the paper's ablation starts from the same pretrained tower).
 
     Returns the checkpoint folder (upstream layout: config.json, model.safetensors, tower config,
     tokenizer, generation_config.json), ready for ``video3dllm train --model``.
@@ -145,6 +148,13 @@ def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: in
     tower = resolve_tower_config(config.mm_vision_tower, DEFAULT_MODEL_DIR)
     model = Video3DLLM.build(config, tower, device="cpu", dtype=torch.float32, attn_implementation="eager")
     _fresh_init_(model, seed, attention_init_scale)
+    if vision_tower_from is not None:
+        source = Video3DLLM.from_pretrained(vision_tower_from, device="cpu", dtype=torch.float32)
+        try:
+            model.vision_tower.load_state_dict(source.vision_tower.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"vision_tower_from={str(vision_tower_from)!r}: its vision tower does not fit the small "
+                             f"model's ({exc})") from None
     model.tokenizer = tokenizer
     generation = json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())
     generation.update({"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"],

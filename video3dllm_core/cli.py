@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "eval": "video3dllm_core.commands.evaluate",
     "make-benchmark": "video3dllm_core.commands.make_benchmark",
     "init-model": "video3dllm_core.commands.init_model",
+    "pretrain-tower": "video3dllm_core.commands.pretrain_tower",
     "replay": "video3dllm_core.commands.replay",
 }
 

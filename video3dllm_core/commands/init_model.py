@@ -22,6 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="the paper's ablation: no 3D position embedding on video tokens and object features")
     p.add_argument("--attention-init-scale", type=float, default=4.0,
                    help="factor on the decoder's query/key projections after initialisation (default 4; 1 = transformers')")
+    p.add_argument("--vision-tower-from", default=None, metavar="CHECKPOINT",
+                   help="take the vision tower's weights from this checkpoint (e.g. `video3dllm pretrain-tower` output)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from video3dllm_training.small_model import init_small_model
 
     out = init_small_model(args.benchmark, args.out, seed=args.seed, position_embedding=not args.no_position_embedding,
-                           attention_init_scale=args.attention_init_scale)
+                           attention_init_scale=args.attention_init_scale, vision_tower_from=args.vision_tower_from)
     model = Video3DLLM.from_pretrained(out, device="cpu")
     print(json.dumps({"out": str(out), "parameters": sum(p.numel() for p in model.parameters()),
                       "vocab_size": len(model.tokenizer),
