@@ -143,6 +143,33 @@ def test_big_table_top_is_kept_but_a_wall_sized_plane_is_not() -> None:
     np.testing.assert_allclose(props.sizes[props.floor_extended][0], [2.0, 1.2, 0.75], atol=0.021)
 
 
+def test_a_fragment_inside_a_much_larger_object_is_dropped_but_an_object_under_a_table_is_not() -> None:
+    points, _ = _hand_room()
+    # a leg seen without its link to the top (0.16 m gap, more than cluster_eps_m), inside the table's box:
+    # 0.2 % of its volume; a bin under the table: 4 % of its volume
+    leg = _box_surface((-0.10, -0.30, 0.0), (-0.05, -0.25, 0.55))
+    bin_ = _box_surface((-0.65, -0.65, 0.0), (-0.35, -0.35, 0.40))
+    cloud = np.concatenate([points, leg, bin_])
+
+    def real_boxes(config: ProposalConfig) -> tuple[np.ndarray, np.ndarray]:
+        props = propose_boxes(cloud, config=config)
+        assert props.floor_extended is not None
+        return props.centers[~props.floor_extended], props.sizes[~props.floor_extended]
+
+    def found(box: tuple[tuple[float, float, float], tuple[float, float, float]], boxes: tuple[np.ndarray, np.ndarray]) -> bool:
+        c, s = _center_size(box)
+        return bool((_iou(c[None], s[None], *boxes)[0] > 0.5).any())
+
+    kept = real_boxes(ProposalConfig())
+    assert len(kept[0]) == 4  # table, crate, shelf, bin
+    assert found(TABLE, kept) and found(((-0.65, -0.65, 0.0), (-0.35, -0.35, 0.40)), kept)
+    assert not found(((-0.10, -0.30, 0.0), (-0.05, -0.25, 0.55)), kept)
+    everything = real_boxes(ProposalConfig(drop_nested_fragments=False))
+    assert len(everything[0]) == 5 and found(((-0.10, -0.30, 0.0), (-0.05, -0.25, 0.55)), everything)
+    # with a 5 % ratio the bin (4 %) counts as a fragment of the table as well
+    assert len(real_boxes(ProposalConfig(nested_volume_ratio=0.05))[0]) == 3
+
+
 def test_empty_and_non_finite_input() -> None:
     assert len(propose_boxes(np.zeros((0, 3)))) == 0
     points, _ = _hand_room()
@@ -320,6 +347,8 @@ def test_config_and_input_validation() -> None:
         ProposalConfig(voxel_m=0.0)
     with pytest.raises(ValueError, match="min_extent_m"):
         ProposalConfig(min_extent_m=5.0, max_extent_m=1.0)
+    with pytest.raises(ValueError, match="nested_volume_ratio must be a fraction"):
+        ProposalConfig(nested_volume_ratio=0.0)
     with pytest.raises(ValueError, match="points must be"):
         propose_boxes(np.zeros((5, 2)))
     with pytest.raises(ValueError, match="colors must be uint8"):

@@ -32,7 +32,10 @@ the fused keyframe points, in a z-up frame (the scene frame of `video3dllm_core.
 5. **Boxes**: the axis-aligned box of each cluster's input points. Removing the floor also removes
    the bottom `structure_band_m` of every object standing on it, so a box whose bottom lies within
    `floor_snap_m` of the floor is extended down to the floor (`snap_to_floor`).
-6. **Floor-extended twins** (`add_floor_extended`): a cluster floating less than
+6. **Nested fragments** (`drop_nested_fragments`): a cluster whose box lies (`nested_inside_fraction`)
+   inside a proposal at least 50x its volume (`nested_volume_ratio`) is a piece of that object whose link
+   to the rest was not seen (a table leg under its top), not an object, and is dropped.
+7. **Floor-extended twins** (`add_floor_extended`): a cluster floating less than
    `floor_extend_max_height_m` above the floor is often an object whose lower part was never seen
    (a chair behind a sofa shows only its top). Such a cluster yields two proposals, its own box and
    the box extended down to the floor (`Proposals.floor_extended` marks the twin); the grounding
@@ -111,6 +114,12 @@ class ProposalConfig:
     """Extend boxes whose bottom is within `floor_snap_m` of the floor down to the floor."""
     floor_snap_m: float = 0.10
     """Distance for `snap_to_floor`: `structure_band_m` plus a voxel covers the removed slab."""
+    drop_nested_fragments: bool = True
+    """Drop a cluster lying inside a much larger one's box (a table leg whose link to the top was not seen)."""
+    nested_inside_fraction: float = 0.9
+    """`drop_nested_fragments`: at least this fraction of the small box's volume is inside the large box ..."""
+    nested_volume_ratio: float = 0.02
+    """... and the small box has at most this fraction of its volume (a bin under a desk, ~5 %, stays)."""
     add_floor_extended: bool = True
     """For a box floating above the floor, add a second box extended down to the floor."""
     floor_extend_max_height_m: float = 1.0
@@ -140,6 +149,10 @@ class ProposalConfig:
             raise ValueError(
                 f"ProposalConfig.min_extent_m ({self.min_extent_m}) exceeds max_extent_m ({self.max_extent_m})"
             )
+        for name in ("nested_inside_fraction", "nested_volume_ratio"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and 0 < value <= 1):
+                raise ValueError(f"ProposalConfig.{name} must be a fraction in (0, 1], got {value}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,6 +358,8 @@ def propose_boxes(
     if cfg.snap_to_floor:
         snap = lo[:, 2] <= floor_z + cfg.floor_snap_m
         lo[snap, 2] = np.minimum(lo[snap, 2], floor_z)
+    if cfg.drop_nested_fragments:
+        keep &= ~_nested_fragments(lo, hi, keep, cfg.nested_inside_fraction, cfg.nested_volume_ratio, cfg.voxel_m)
     idx = np.flatnonzero(keep)
     lo_k, hi_k = lo[idx], hi[idx]
     counts = num_points[idx].astype(np.int64)
@@ -377,6 +392,20 @@ def propose_boxes(
         mean_colors=mean_colors[order] if mean_colors is not None else None,
         floor_extended=extended[order],
     )
+
+
+def _nested_fragments(lo: np.ndarray, hi: np.ndarray, candidate: np.ndarray, inside_fraction: float,
+                      volume_ratio: float, min_side_m: float) -> np.ndarray:
+    """[K] bool: box k (a candidate) has >= `inside_fraction` of its volume inside another candidate's box
+    whose volume is at least 1 / `volume_ratio` times its own - a fragment of that object, not an object.
+    Sides are at least `min_side_m` (as in the returned boxes), so a flat cluster has a volume."""
+    hi = np.maximum(hi, lo + min_side_m)
+    volume = (hi - lo).prod(axis=1)
+    overlap = np.clip(np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None]), 0.0, None).prod(axis=2)
+    pair = candidate[:, None] & candidate[None] & ~np.eye(len(lo), dtype=bool)
+    inside = overlap >= inside_fraction * volume[:, None]
+    small = volume[:, None] <= volume_ratio * volume[None]
+    return np.asarray((pair & inside & small).any(axis=1))
 
 
 def external_boxes(centers: ArrayLike, sizes: ArrayLike) -> Proposals:
