@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -40,3 +41,15 @@ socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         raise pytest.UsageError("HF_HUB_OFFLINE must be 1 for the test suite")
+
+
+@pytest.fixture(scope="session")
+def small_model_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-room synthetic benchmark (1 train / 1 val / 1 test room, 6 frames at 64x48) for the small-model
+    recipe's tests (init-model, pretrain-tower); read-only, tests copy it before changing it."""
+    from video3dllm_core.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("bench") / "b"
+    assert cli_main(["make-benchmark", str(out), "--scenes", "3", "--seed", "5", "--frames", "6", "--width", "64",
+                     "--height", "48"]) == 0
+    return out

@@ -32,11 +32,8 @@ def test_patch_targets_follow_the_box_holding_most_points() -> None:
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bench") / "b"
-    assert cli_main(["make-benchmark", str(out), "--scenes", "3", "--seed", "5", "--frames", "6", "--width", "64",
-                     "--height", "48"]) == 0
-    return out
+def bench(small_model_benchmark: Path) -> Path:
+    return small_model_benchmark
 
 
 @pytest.fixture(scope="module")

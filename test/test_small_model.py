@@ -19,11 +19,8 @@ from video3dllm_training.small_model import SMALL_MODEL_CONFIG, benchmark_texts
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bench") / "b"
-    assert cli_main(["make-benchmark", str(out), "--scenes", "3", "--seed", "5", "--frames", "6", "--width", "64",
-                     "--height", "48"]) == 0
-    return out
+def bench(small_model_benchmark: Path) -> Path:
+    return small_model_benchmark
 
 
 @pytest.fixture(scope="module")
