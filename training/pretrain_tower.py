@@ -172,7 +172,7 @@ def pretrain_tower(cfg: TowerPretrainConfig, log: Callable[[str], None] = print)
     tower.train()
     width = int(tower.config.hidden_size)
     head = torch.nn.Linear(width, len(labels) + 1 + len(colours) + 1)
-    params = [p for p in tower.parameters()] + list(head.parameters())
+    params = list(tower.parameters()) + list(head.parameters())
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
