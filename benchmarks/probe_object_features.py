@@ -24,7 +24,6 @@ One core: ~1 min per model for the 150-room benchmark of the default-model recip
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -37,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from video3dllm_core.model import Video3DLLM  # noqa: E402
 from video3dllm_core.model.objects import mean_selected_features, min_inside_points, patch_inside_counts  # noqa: E402
 from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
-from video3dllm_training.relations import objects_from_json  # noqa: E402
+from video3dllm_training.relations import load_scene_objects  # noqa: E402
 
 FEATURES = ("tower", "projected", "box size")
 TARGETS = ("colour", "label", "primitive")
@@ -50,10 +49,7 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
                        ingest_config=model.ingest_config())
     rows: dict[str, list] = {"tower": [], "projected": [], "box size": [], "colour": [], "label": [], "primitive": []}
     for scene_id, boxes in load_box_file(str(meta / f"scannet_{split}_gt_box.json")).items():
-        objects = objects_from_json(json.loads((bench / "posed_images" / scene_id / "objects.json").read_text()))
-        if len(objects) != len(boxes):
-            raise ValueError(f"{scene_id}: {len(boxes)} boxes in the box file, {len(objects)} objects in objects.json "
-                             "(box file and scenes from different benchmarks?)")
+        objects = load_scene_objects(bench / "posed_images", scene_id, len(boxes))
         frames = store.frames(scene_id, "mc", frames_upbound)
         with torch.no_grad():
             visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]))

@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from video3dllm_core.model.objects import min_inside_points, patch_inside_counts
 from video3dllm_core.model.vision import pixel_values_from_crops
 
 from .data import SceneStore, load_box_file
-from .relations import objects_from_json
+from .relations import load_scene_objects
 
 __all__ = ["TowerPretrainConfig", "TowerPretrainResult", "patch_targets", "load_split", "pretrain_tower"]
 
@@ -90,14 +90,6 @@ def patch_targets(world_coords: torch.Tensor, boxes: torch.Tensor, classes: torc
     return torch.where(owned, classes[best], torch.full_like(best, background)).flatten(1).long()
 
 
-def _scene_objects(bench: Path, scene_id: str, n_boxes: int) -> list[Any]:
-    objects = objects_from_json(json.loads((bench / "posed_images" / scene_id / "objects.json").read_text()))
-    if len(objects) != n_boxes:
-        raise ValueError(f"{scene_id}: {n_boxes} boxes in the box file, {len(objects)} objects in objects.json "
-                         "(box file and scenes from different benchmarks? run make-benchmark again)")
-    return objects
-
-
 def load_split(model: Video3DLLM, benchmark: str | Path, split: str, labels: list[str] | None = None,
                colours: list[str] | None = None) -> tuple[_Split, list[str], list[str]]:
     """Every frame of the split's rooms, ingested as the model sees it, with per-patch label/colour targets.
@@ -110,7 +102,8 @@ def load_split(model: Video3DLLM, benchmark: str | Path, split: str, labels: lis
     boxes_by_scene = load_box_file(str(meta / f"scannet_{split}_gt_box.json"))
     if not boxes_by_scene:
         raise ValueError(f"{meta}/scannet_{split}_gt_box.json lists no scenes")
-    objects_by_scene = {sid: _scene_objects(bench, sid, len(b)) for sid, b in boxes_by_scene.items()}
+    objects_by_scene = {sid: load_scene_objects(bench / "posed_images", sid, len(b))
+                        for sid, b in boxes_by_scene.items()}
     if labels is None:
         labels = sorted({o.label for objs in objects_by_scene.values() for o in objs})
     if colours is None:

@@ -45,9 +45,11 @@ Conventions (the world frame of objects.json: z up, floor at z = 0, metres; boxe
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,6 +62,7 @@ __all__ = [
     "ON_TOP_TOL_M",
     "Viewpoint",
     "objects_from_json",
+    "load_scene_objects",
     "floor_objects",
     "landmarks",
     "matching",
@@ -118,6 +121,16 @@ def objects_from_json(doc: dict[str, Any]) -> list[SceneObject]:
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"objects.json: objects[{i}] needs id, label, colour, shape and box.center/size ({exc!r})") from None
     return sorted(out, key=lambda o: o.id)
+
+
+def load_scene_objects(posed_images: str | Path, scene_id: str, n_boxes: int) -> list[SceneObject]:
+    """The objects of `<posed_images>/<scene_id>/objects.json`, checked to match the scene's `n_boxes` boxes of
+    a benchmark box file (same order: box k is object k)."""
+    objects = objects_from_json(json.loads((Path(posed_images) / scene_id / "objects.json").read_text()))
+    if len(objects) != n_boxes:
+        raise ValueError(f"{scene_id}: {n_boxes} boxes in the box file, {len(objects)} objects in objects.json "
+                         "(box file and scenes from different benchmarks? run make-benchmark again)")
+    return objects
 
 
 def floor_objects(objects: Iterable[SceneObject]) -> list[SceneObject]:
