@@ -28,7 +28,7 @@ def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
-                        ("qk1", ["--attention-init-scale", "1"])):
+                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -68,6 +68,49 @@ def test_attention_init_scale_multiplies_query_and_key_projections_only(models: 
     # transformers' N(0, 0.02^2) before the factor
     std = float(torch.cat([plain[k].flatten() for k in projections]).std())
     assert 0.018 < std < 0.022
+
+
+def test_box_size_embedding_is_the_learned_map_of_the_log_size(models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model = Video3DLLM.from_pretrained(models["pe"], device="cpu")
+    upstream = Video3DLLM.from_pretrained(models["upstream"], device="cpu")
+    assert model.config.box_size_embedding and not upstream.config.box_size_embedding
+    weights = load_file(str(models["pe"] / "model.safetensors"))
+    w = weights["ground_head_box_size.weight"].double().numpy()  # [H, 3]
+    b = weights["ground_head_box_size.bias"].double().numpy()
+    assert w.shape == (SMALL_MODEL_CONFIG["hidden_size"], 3)
+    assert not any(k.startswith("ground_head_box_size") for k in load_file(str(models["upstream"] / "model.safetensors")))
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (2, 384, 384, 3), dtype=np.uint8)
+    coords = rng.uniform(-1, 1, (2, 384, 384, 3)).astype(np.float32)
+    # same centre, two sizes that both contain every point (same patches), and a flat box clamped to 5 cm
+    boxes = np.array([[0.0, 0.0, 0.0, 2.5, 2.5, 2.5], [0.0, 0.0, 0.0, 4.0, 3.0, 2.5], [0.0, 0.0, 0.0, 4.0, 3.0, 0.0]])
+    with torch.no_grad():
+        visual = model.encode_frames(crops, coords)
+        objects = model.object_features(visual, boxes)
+        plain = upstream.object_features(upstream.encode_frames(crops, coords), boxes)
+    assert plain.size_embedding is None and torch.equal(plain.features, plain.before_pe + plain.center_pe)
+    expected = np.log(np.maximum(boxes[:, 3:], 0.05)) @ w.T + b
+    assert objects.size_embedding is not None
+    np.testing.assert_allclose(objects.size_embedding.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(objects.features, objects.before_pe + objects.center_pe + objects.size_embedding)
+    assert objects.num_selected[0] == objects.num_selected[1] > 0
+    torch.testing.assert_close(objects.before_pe[0], objects.before_pe[1])
+    assert float((objects.features[0] - objects.features[1]).abs().max()) > 0.1  # the size tells them apart
+    assert bool(torch.isfinite(objects.features).all())
+    # training can change it, and a saved checkpoint keeps it under its own key
+    from video3dllm_core.model.checkpoint import save_checkpoint
+    from video3dllm_training.trainer import parameter_groups
+
+    model.requires_grad_(True)
+    box_size_params = {id(p) for p in model.ground_head.box_size.parameters()}  # type: ignore[union-attr]
+    grouped = {id(p) for g in parameter_groups(model, 1e-3) for p in g["params"]}
+    assert box_size_params <= grouped
+    with torch.no_grad():
+        model.ground_head.box_size.bias.add_(1.0)  # type: ignore[union-attr]
+    again = Video3DLLM.from_pretrained(save_checkpoint(model, tmp_path / "saved"), device="cpu")
+    torch.testing.assert_close(again.ground_head.box_size.bias, model.ground_head.box_size.bias)  # type: ignore[union-attr]
 
 
 def test_tokenizer_learns_the_benchmark_words(bench: Path, models: dict[str, Path]) -> None:
@@ -114,11 +157,16 @@ def test_no_position_embedding_ablation(models: dict[str, Path]) -> None:
         # identical weights except the config: the visual tokens differ exactly by the embedding
         assert torch.allclose(sin.pooled - plain.pooled, torch.zeros_like(plain.pooled))
         objects = without.object_features(plain, box)
-        assert torch.equal(objects.features, objects.before_pe)
-        assert not torch.equal(with_pe.object_features(sin, box).features, objects.before_pe)
+        assert objects.size_embedding is not None  # size is not position: the ablation keeps it
+        assert torch.equal(objects.features, objects.before_pe + objects.size_embedding)
+        assert not torch.equal(with_pe.object_features(sin, box).features, objects.features)
         # the Scan2Cap location keeps its embedding: it is the only way to name the box
         assert torch.count_nonzero(without.location_embedding((0.5, 0.5, 0.5))[1]) > 0
     raw = json.loads((models["nope"] / "config.json").read_text())
+    raw["object_feature_type"] = "patch14-size"
+    with pytest.raises(ConfigError, match="object_feature_type 'patch14-size'.*'patch14-pe-size'"):
+        Video3DLLMConfig.from_dict(raw)
+    raw["object_feature_type"] = "patch14-pe-size"
     raw["world_position_embedding_type"] = "learned"
     with pytest.raises(ConfigError, match="world_position_embedding_type 'learned'.*'none'"):
         Video3DLLMConfig.from_dict(raw)

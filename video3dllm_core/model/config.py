@@ -132,6 +132,12 @@ class Video3DLLMConfig:
         return self.world_position_embedding_type != "none"
 
     @property
+    def box_size_embedding(self) -> bool:
+        """True for ``object_feature_type: patch14-pe-size`` (our extension, not an upstream value): object
+        features also carry a learned embedding of the box's log size (``GroundingHead.size_embedding``)."""
+        return self.object_feature_type == "patch14-pe-size"
+
+    @property
     def discrete_positions(self) -> bool:
         """Whether patch/box coordinates are discretised on the voxel grid before the sine embedding."""
         return "discrete" in self.world_position_embedding_type
@@ -203,9 +209,10 @@ class Video3DLLMConfig:
             raise ConfigError(
                 f"config.json: min_xyz_range {self.min_xyz_range} must be below max_xyz_range {self.max_xyz_range}"
             )
-        if not self.object_feature_type.startswith("patch14"):
+        if self.object_feature_type not in ("patch14-pe", "patch14-pe-size"):
             raise ConfigError(
-                f"config.json: object_feature_type {self.object_feature_type!r} not supported (use 'patch14-pe')"
+                f"config.json: object_feature_type {self.object_feature_type!r} not supported (use 'patch14-pe', "
+                "or 'patch14-pe-size' for the box size embedding of models trained here)"
             )
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")

@@ -3,6 +3,11 @@
 The decoder's final hidden state at the ``<ground>`` token goes through ``query``; the object
 features with the learned "no object" target appended as row N go through ``obj``; each head is
 Linear -> ReLU -> LayerNorm -> Linear and the scores are cosine similarities (no temperature).
+
+``box_size`` (our extension, ``object_feature_type: patch14-pe-size``; absent from upstream checkpoints):
+a learned linear map of the candidate box's log size (metres) that ``Video3DLLM.object_features`` adds to
+the object feature. A tower trained from scratch on small renders cannot see an object's size in its
+patches (docs/benchmarks.md, "What an object's grounding feature carries"); the box knows it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: Box sides below this (metres) count as this before the log: a flat proposal stays finite.
+MIN_BOX_SIDE_M = 0.05
 
 #: Temperature and running-sum threshold of the Multi3DRefer evaluation script.
 MULTI3DREFER_TEMPERATURE = 0.07
@@ -31,13 +39,23 @@ class GroundingOutput:
 
 
 class GroundingHead(nn.Module):
-    """``ground_head_obj``, ``ground_head_query`` and ``ground_head_zero_target`` of the checkpoint."""
+    """``ground_head_obj``, ``ground_head_query`` and ``ground_head_zero_target`` of the checkpoint, and
+    ``ground_head_box_size`` when ``box_size_embedding`` (see the module docstring)."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, box_size_embedding: bool = False) -> None:
         super().__init__()
         self.obj = _head(hidden_size)
         self.query = _head(hidden_size)
         self.zero_target = nn.Parameter(torch.empty(hidden_size))
+        self.box_size = nn.Linear(3, hidden_size) if box_size_embedding else None
+
+    def size_embedding(self, size_xyz_m: torch.Tensor) -> torch.Tensor:
+        """[N, 3] box sizes (metres) -> [N, H] learned embedding of their logarithm (sides below
+        ``MIN_BOX_SIDE_M`` clamped); raises when the head has no ``box_size`` layer."""
+        if self.box_size is None:
+            raise ValueError("this grounding head has no box size embedding (object_feature_type is not 'patch14-pe-size')")
+        log_size = torch.log(torch.clamp(size_xyz_m.to(torch.float32), min=MIN_BOX_SIDE_M))
+        return self.box_size(log_size.to(self.box_size.weight.dtype))
 
     def forward(self, object_features: torch.Tensor, ground_hidden: torch.Tensor) -> GroundingOutput:
         dtype = ground_hidden.dtype

@@ -145,7 +145,8 @@ class Video3DLLM(nn.Module):
             )
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
-        self.ground_head = GroundingHead(hidden) if config.ground_head_type == "infonce" else None
+        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding)
+                            if config.ground_head_type == "infonce" else None)
         self.tokenizer: Any = None
         self.generation_config: Any = None
         self.checkpoint_dir: Path | None = None
@@ -395,8 +396,12 @@ class Video3DLLM(nn.Module):
         centers = self.pe_coords(box[:, :3])
         center_pe = self.position_embedding(centers)
         features = before + center_pe.to(before.dtype)
+        size_embedding = None
+        if self.config.box_size_embedding and self.ground_head is not None:
+            size_embedding = self.ground_head.size_embedding(box[:, 3:])
+            features = features + size_embedding.to(before.dtype)
         return ObjectFeatures(features=features, before_pe=before, center_discrete=centers, center_pe=center_pe,
-                              inside_count=counts, patch_mask=mask)
+                              inside_count=counts, patch_mask=mask, size_embedding=size_embedding)
 
     def ground_position(self, merged: MergedInputs) -> int:
         """Merged position of the (last) ``<ground>`` token, whose hidden state the head reads."""

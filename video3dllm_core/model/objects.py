@@ -4,7 +4,9 @@ For an axis-aligned box (centre c, full size d; lo = c - d/2, hi = c + d/2 in fl
 patch (a 14x14-pixel block of the 378x378 region the tower sees, 27x27 per frame) belongs to the
 box when at least half of its 196 world points satisfy lo <= p <= hi on all three axes. The box
 feature is the mean of the *un-pooled* projected features of all selected (frame, patch) pairs
-over all frames (zeros when none) plus the sine embedding of the discretised box centre.
+over all frames (zeros when none) plus the sine embedding of the discretised box centre; with
+``object_feature_type: patch14-pe-size`` (ours) also plus the grounding head's learned embedding of the
+box's log size.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import torch
 class ObjectFeatures:
     """Per-box grounding inputs and the intermediate quantities (for inspection and tests)."""
 
-    features: torch.Tensor  # [N, H] before_pe + center_pe, handed to the grounding head
+    features: torch.Tensor  # [N, H] before_pe + center_pe (+ size_embedding), handed to the grounding head
     before_pe: torch.Tensor  # [N, H] mean projected feature of the selected patches (zeros if none)
     center_discrete: torch.Tensor  # [N, 3] discretised box centres (float32 voxel indices)
     center_pe: torch.Tensor  # [N, H] sine embedding of center_discrete
     inside_count: torch.Tensor  # [N, V, grid, grid] int32: points of each patch inside each box
     patch_mask: torch.Tensor  # [N, V, grid, grid] bool: selected patches
+    size_embedding: torch.Tensor | None = None  # [N, H] learned log-size embedding (patch14-pe-size only)
 
     @property
     def num_selected(self) -> list[int]:
