@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TASKS", "evaluate_checkpoint", "baseline_metrics", "headline", "results_table"]
+__all__ = ["TASKS", "evaluate_checkpoint", "baseline_metrics", "headline", "results_table", "relation_breakdown",
+           "relation_table"]
 
 TASKS = ("scanrefer", "multi3drefer", "scanqa", "sqa3d", "scan2cap")
 FILES = {"scanrefer": "scanrefer_vg", "multi3drefer": "multi3drefer", "scanqa": "scanqa", "sqa3d": "sqa3d",
@@ -89,3 +90,50 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+
+
+def relation_breakdown(bench: Path, split: str, answers: Path) -> dict[str, float]:
+    """What a model does with ScanRefer's relation descriptions ("the plant closest to the door"), from its
+    answers JSONL: how often it picks an object of the named label (``right_label``), how often the right one
+    (``accuracy``), how often the right one among its right-label picks (``accuracy_given_label``), against
+    ``same_label_chance`` (mean of 1 / objects of the target's label: a uniform pick among them). Accuracy
+    at that chance means the label was found and the relation not resolved (fractions; ``descriptions``: count).
+    """
+    import json
+
+    from video3dllm_training.data import load_box_file
+    from video3dllm_training.relations import load_scene_objects
+
+    anns = json.loads((bench / "processed" / f"scanrefer_vg_{split}_llava_style.json").read_text())
+    target = {str(a["id"]): int(a["metadata"]["object_id"]) for a in anns}
+    boxes = load_box_file(bench / "metadata" / f"scannet_{split}_gt_box.json")
+    objects: dict[str, Any] = {}
+    n = right_label = correct = 0
+    chance = 0.0
+    for line in answers.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("question_type") != "relation":
+            continue
+        scene = row["scene_id"]
+        if scene not in objects:
+            objects[scene] = load_scene_objects(bench / "posed_images", scene, len(boxes[scene]))
+        labels = [o.label for o in objects[scene]]
+        want = target[str(row["sample_id"])]
+        n += 1
+        chance += 1 / labels.count(labels[want])
+        right_label += labels[int(row["pred_index"])] == labels[want]
+        correct += int(row["pred_index"]) == want
+    if n == 0:
+        raise ValueError(f"{answers}: no ScanRefer answers with question_type 'relation'")
+    return {"descriptions": n, "right_label": right_label / n, "accuracy": correct / n,
+            "accuracy_given_label": correct / right_label if right_label else 0.0, "same_label_chance": chance / n}
+
+
+def relation_table(breakdowns: dict[str, dict[str, float]]) -> str:
+    """Markdown table of :func:`relation_breakdown` per model (values x100)."""
+    lines = ["| model | right label | right object | right object among right-label picks | same-label chance |",
+             "|---|---|---|---|---|"]
+    for name, b in breakdowns.items():
+        lines.append(f"| {name} | {100 * b['right_label']:.1f} | {100 * b['accuracy']:.1f} | "
+                     f"{100 * b['accuracy_given_label']:.1f} | {100 * b['same_label_chance']:.1f} |")
+    return "\n".join(lines)
