@@ -6,6 +6,7 @@ sample: this runs the very same demo (render, stream through the scene engine, `
 number of correct answers per room. Pass several models to compare them on the same rooms.
 
     python benchmarks/bench_demo_rooms.py --rooms 10 [--model NAME=CHECKPOINT ...] [--width 640 --height 480]
+        [--max-frames 4 --max-frames 16]   # one column per model and keyframe budget
 
 Without --model: the embedded default model. ~1 s per room on one core at 640x480.
 """
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=40, help="frames along the camera loop (the demo's default 40)")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
+    p.add_argument("--max-frames", type=int, action="append", default=None,
+                   help="keyframe budget (repeatable: one column per budget; default: the model's own)")
     args = p.parse_args(argv)
     models: list[tuple[str, str | None]] = [("default", None)]
     if args.model:
@@ -37,13 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         for (name, path), spec in zip(models, args.model):
             if not path:
                 raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
+    budgets: list[int | None] = args.max_frames or [None]
+    runs = [(f"{name} ({b} frames)" if b else name, path, b) for name, path in models for b in budgets]
     rooms = [render_demo_room(seed, args.frames, args.width, args.height) for seed in range(args.rooms)]
     correct: dict[str, Counter[str]] = {}
     per_room: dict[str, list[int]] = {}
     questions: list[str] = []
-    for name, path in models:
+    for name, path, budget in runs:
         correct[name], per_room[name] = Counter(), []
-        engine = SceneEngine.load(EngineConfig(model_path=path))
+        engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget))
         for seed, (spec, frames) in enumerate(rooms):
             engine.reset()  # a fresh scene for every room, one model load per model
             _, rows = ask_demo_room(spec, frames, engine, seed)

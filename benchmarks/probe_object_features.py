@@ -2,15 +2,17 @@
 
 The grounding head compares the `<ground>` state with one feature per candidate box (upstream's
 ``patch14-pe``: the mean of the projected patch features inside the box over the keyframes, plus the
-sine embedding of the box centre). Whatever the feature does not carry, no decoder can ground by.
+sine embedding of the box centre; ``patch14-pe-size`` adds a learned embedding of the box's log size). Whatever the feature does not carry, no decoder can ground by.
 This script measures it on a synthetic benchmark: for every floor object seen in the max-coverage
 keyframes of the train and validation rooms it computes the feature parts of a checkpoint, fits a
 linear softmax probe on the train rooms and reports its accuracy on the validation rooms, for
 
 * ``tower``: the mean tower output inside the box (before the projector);
 * ``projected``: the mean projected feature (``ObjectFeatures.before_pe``);
-* ``box size``: the candidate box's size (dx, dy, dz) - not part of the feature; shows how much of the
-  label is size (the benchmark's table, chair, cabinet, bed, sofa and box are all cuboids);
+* ``grounding feature``: what the head gets (``ObjectFeatures.features``: the projected mean + the centre
+  embedding, + the box size embedding for ``patch14-pe-size`` models);
+* ``box size``: the candidate box's size (dx, dy, dz) - part of the feature only for ``patch14-pe-size``
+  models; shows how much of the label is size (the benchmark's table, chair, cabinet, bed, sofa and box are all cuboids);
 
 against the majority class of the train rooms (chance row). Targets: the colour, the label (12
 categories) and the label's primitive shape (cuboid, cylinder, sphere or cone).
@@ -38,7 +40,7 @@ from video3dllm_core.model.objects import mean_selected_features, min_inside_poi
 from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
 from video3dllm_training.relations import load_scene_objects  # noqa: E402
 
-FEATURES = ("tower", "projected", "box size")
+FEATURES = ("tower", "projected", "grounding feature", "box size")
 TARGETS = ("colour", "label", "primitive")
 
 
@@ -47,7 +49,7 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
     meta = bench / "metadata"
     store = SceneStore(str(bench / "posed_images"), frames_file=load_frames_file(str(meta / "scannet_select_frames.json")),
                        ingest_config=model.ingest_config())
-    rows: dict[str, list] = {"tower": [], "projected": [], "box size": [], "colour": [], "label": [], "primitive": []}
+    rows: dict[str, list] = {feature: [] for feature in (*FEATURES, *TARGETS)}
     for scene_id, boxes in load_box_file(str(meta / f"scannet_{split}_gt_box.json")).items():
         objects = load_scene_objects(bench / "posed_images", scene_id, len(boxes))
         frames = store.frames(scene_id, "mc", frames_upbound)
@@ -58,11 +60,13 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
             mask = patch_inside_counts(visual.world_coords, box, tower.patch_size, tower.grid) >= min_inside_points(tower.patch_size)
             tower_mean = mean_selected_features(visual.siglip, mask)
             projected_mean = mean_selected_features(visual.projected, mask)
+            full = model.object_features(visual, box).features
         for i, obj in enumerate(objects):
             if obj.label in ("door", "window") or not bool(mask[i].any()):
                 continue
             rows["tower"].append(tower_mean[i].float().numpy())
             rows["projected"].append(projected_mean[i].float().numpy())
+            rows["grounding feature"].append(full[i].float().numpy())
             rows["box size"].append(box[i, 3:].numpy())
             rows["colour"].append(obj.colour)
             rows["label"].append(obj.label)

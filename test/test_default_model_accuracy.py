@@ -15,7 +15,7 @@ import pytest
 
 from video3dllm_core.default_model import DEFAULT_MODEL_DIR, default_model_results, load_default_model
 from video3dllm_training.synthetic_benchmark import GENERATOR_VERSION, make_benchmark
-from video3dllm_training.synthetic_eval import TASKS, baseline_metrics, evaluate_checkpoint, headline
+from video3dllm_training.synthetic_eval import TASKS, baseline_metrics, evaluate_checkpoint, headline, relation_breakdown
 
 TOLERANCE = 0.02  # absolute, on fractions: a few flipped argmaxes from another CPU's float32 kernels
 
@@ -47,4 +47,7 @@ def test_shipped_model_reproduces_the_recorded_test_accuracy(tmp_path: Path) -> 
         recorded_chance = recorded["test"]["results"]["chance/prior"][task]["metrics"]
         for group in groups:
             assert headline(task, chance[task]["metrics"], group) == pytest.approx(headline(task, recorded_chance, group))
+    relations = relation_breakdown(tmp_path / "bench", split, tmp_path / "answers" / "default" / "scanrefer.jsonl")
+    for key, value in recorded["test"]["relations"]["default"].items():
+        assert abs(relations[key] - value) <= TOLERANCE, (key, relations[key], value)
     print(json.dumps(report, indent=1))

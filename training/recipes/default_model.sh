@@ -4,6 +4,7 @@
 # Two trainings (with and without the 3D position embedding) run side by side, one core each.
 set -euo pipefail
 V=${V:-.venv/bin/video3dllm}
+PY=${PY:-.venv/bin/python}
 WORK=${WORK:-default_model_work}
 mkdir -p "$WORK"
 B=$WORK/bench M=$WORK/bench/metadata
@@ -33,7 +34,7 @@ for v in pe no_pe; do train "$WORK/init_$v" "$WORK/ground_$v" 3000 1e-3 $GROUND 
 for v in pe no_pe; do train "$WORK/ground_$v/checkpoint-3000" "$WORK/run_$v" 1500 5e-4 $MIX & done; wait
 
 # 4. held-out test split: both models next to chance/prior; results.json for the package
-python benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/run_pe/checkpoint-1500" \
+$PY benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/run_pe/checkpoint-1500" \
   --model no_3d_pe="$WORK/run_no_pe/checkpoint-1500" --out "$WORK/results" --record "$WORK/results/results.json" \
   --recipe training/recipes/default_model.sh
 

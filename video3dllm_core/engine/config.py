@@ -40,7 +40,7 @@ class EngineConfig:
         device, dtype, attn_implementation: for `SceneEngine.load` (None: the model's defaults,
             CPU float32 eager, CUDA bfloat16 flash-attn-2/sdpa). dtype is a torch dtype name.
         model_path: checkpoint folder for `SceneEngine.load`; None: the embedded default model
-            (random weights, meaningless answers; see video3dllm_core.default_model).
+            (small, trained on synthetic rooms only; see video3dllm_core.default_model).
         scene_frame: "estimate" (SceneFrame.estimate on the fused keyframe points) or "identity"
             (the world frame already is a ScanNet-like frame, e.g. ScanNet data).
         scene_frame_tolerance_m: a re-estimated scene frame whose origin moved by at most this

@@ -155,8 +155,8 @@ class SceneEngine:
     def load(cls, config: EngineConfig | None = None) -> SceneEngine:
         """Load ``config.model_path`` (an upstream checkpoint folder) or the embedded default model.
 
-        The default model has random weights (meaningless answers; see
-        video3dllm_core.default_model) and needs no file or network. Raises FileNotFoundError /
+        The default model is small and trained on synthetic rooms only (see
+        video3dllm_core.default_model); it needs no file or network. Raises FileNotFoundError /
         CheckpointError / ConfigError for a bad checkpoint folder.
         """
         cfg = config if config is not None else EngineConfig()
