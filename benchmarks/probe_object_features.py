@@ -2,7 +2,8 @@
 
 The grounding head compares the `<ground>` state with one feature per candidate box (upstream's
 ``patch14-pe``: the mean of the projected patch features inside the box over the keyframes, plus the
-sine embedding of the box centre; ``patch14-pe-size`` adds a learned embedding of the box's log size). Whatever the feature does not carry, no decoder can ground by.
+sine embedding of the box centre; ``patch14-pe-size`` adds a learned embedding of the box's log
+size). Whatever the feature does not carry, no decoder can ground by.
 This script measures it on a synthetic benchmark: for every floor object seen in the max-coverage
 keyframes of the train and validation rooms it computes the feature parts of a checkpoint, fits a
 linear softmax probe on the train rooms and reports its accuracy on the validation rooms, for
