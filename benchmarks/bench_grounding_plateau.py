@@ -154,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--object-feature-type", default="patch14-pe", choices=("patch14-pe", "patch14-pe-size"),
+                   help="the fresh models' object features (default patch14-pe: the documented table predates the box "
+                        "size embedding that init-model now adds)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     cached: dict[str, Any] = {}
     for name, scale, recall in SETTINGS:
         start = time.perf_counter()
-        path = init_small_model(args.benchmark, args.work / f"init_qk{scale:g}", seed=args.seed, attention_init_scale=scale)
+        path = init_small_model(args.benchmark, args.work / f"init_qk{scale:g}", seed=args.seed, attention_init_scale=scale,
+                                overrides={"object_feature_type": args.object_feature_type})
         model = Video3DLLM.from_pretrained(path, device="cpu", dtype=torch.float32, attn_implementation="sdpa")
         tower = {k: v.clone() for k, v in model.vision_tower.state_dict().items()}
         if not cached:  # tower, PE and masks do not depend on the decoder's initialisation: computed once
