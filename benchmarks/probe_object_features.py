@@ -37,7 +37,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from video3dllm_core.model import Video3DLLM  # noqa: E402
-from video3dllm_core.model.objects import mean_selected_features, min_inside_points, patch_inside_counts  # noqa: E402
+from video3dllm_core.model.objects import mean_selected_features  # noqa: E402
 from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
 from video3dllm_training.relations import load_scene_objects  # noqa: E402
 
@@ -57,17 +57,15 @@ def object_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound: int)
         with torch.no_grad():
             visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]))
             box = torch.as_tensor(np.asarray(boxes), dtype=torch.float32).reshape(-1, 6)
-            tower = model.vision_tower
-            mask = patch_inside_counts(visual.world_coords, box, tower.patch_size, tower.grid) >= min_inside_points(tower.patch_size)
+            features = model.object_features(visual, box)  # the head's input, and its patch selection
+            mask = features.patch_mask
             tower_mean = mean_selected_features(visual.siglip, mask)
-            projected_mean = mean_selected_features(visual.projected, mask)
-            full = model.object_features(visual, box).features
         for i, obj in enumerate(objects):
             if obj.label in ("door", "window") or not bool(mask[i].any()):
                 continue
             rows["tower"].append(tower_mean[i].float().numpy())
-            rows["projected"].append(projected_mean[i].float().numpy())
-            rows["grounding feature"].append(full[i].float().numpy())
+            rows["projected"].append(features.before_pe[i].float().numpy())
+            rows["grounding feature"].append(features.features[i].float().numpy())
             rows["box size"].append(box[i, 3:].numpy())
             rows["colour"].append(obj.colour)
             rows["label"].append(obj.label)

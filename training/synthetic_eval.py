@@ -102,10 +102,11 @@ def relation_breakdown(bench: Path, split: str, answers: Path) -> dict[str, floa
     import json
 
     from video3dllm_training.data import load_box_file
+    from video3dllm_training.data.annotations import load_annotations
     from video3dllm_training.relations import load_scene_objects
 
-    anns = json.loads((bench / "processed" / f"scanrefer_vg_{split}_llava_style.json").read_text())
-    target = {str(a["id"]): int(a["metadata"]["object_id"]) for a in anns}
+    anns = load_annotations(bench / "processed" / f"scanrefer_vg_{split}_llava_style.json")
+    target = {a.question_id: a.object_ids[0] for a in anns}
     boxes = load_box_file(bench / "metadata" / f"scannet_{split}_gt_box.json")
     objects: dict[str, Any] = {}
     n = right_label = correct = 0

@@ -6,15 +6,15 @@ model's architecture scaled down (``video3dllm_training.small_model``: Qwen2 dec
 layers, the parity fixture's SigLIP-layout tower with 2 kept layers, mlp2x_gelu projector, pooling
 stride 9, avg-discrete-sin3d position embedding, InfoNCE grounding head with object features that also
 carry the box size (``patch14-pe-size``); 2.2 M parameters, 8.8 MB of float32 safetensors), a
-byte-level BPE tokenizer trained on the benchmark's text, and weights trained with ``video3dllm train`` on CPU on the synthetic five-task benchmark
-(``training/recipes/default_model.sh`` reproduces it).
+byte-level BPE tokenizer trained on the benchmark's text, and weights trained with ``video3dllm train``
+on CPU on the synthetic five-task benchmark (``training/recipes/default_model.sh`` reproduces it).
 
 It knows the benchmark's world only (rooms with a few coloured objects, the benchmark's phrasings).
 It has learned the answer formats, to find the described kind of object (not yet the spatial
 relations that pick one of several) and little beyond the language priors in its text answers. Its
 measured accuracy on held-out rooms, next to chance and to the ablation without 3D position
-embedding, is in ``results.json`` here and in docs/benchmarks.md. For real scenes, point ``EngineConfig.model_path``
-at a real Video-3D LLM checkpoint.
+embedding, is in ``results.json`` here and in docs/benchmarks.md. For real scenes, point
+``EngineConfig.model_path`` at a real Video-3D LLM checkpoint.
 
 The folder is an ordinary upstream-layout checkpoint (config.json, model.safetensors, the tower's
 config, tokenizer files, generation_config.json), loaded by ``Video3DLLM.from_pretrained``.
