@@ -7,6 +7,7 @@ number of correct answers per room. Pass several models to compare them on the s
 
     python benchmarks/bench_demo_rooms.py --rooms 10 [--model NAME=CHECKPOINT ...] [--width 640 --height 480]
         [--max-frames 4 --max-frames 16]   # one column per model and keyframe budget
+        [--stacked both]                   # columns with and without splitting stacked objects
 
 Without --model: the embedded default model. ~1 s per room on one core at 640x480.
 """
@@ -21,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from video3dllm_core.commands.demo import ask_demo_room, render_demo_room  # noqa: E402
 from video3dllm_core.engine import EngineConfig, SceneEngine  # noqa: E402
+from video3dllm_core.proposals import ProposalConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--max-frames", type=int, action="append", default=None,
                    help="keyframe budget (repeatable: one column per budget; default: the model's own)")
+    p.add_argument("--stacked", choices=("split", "merged", "both"), default="split",
+                   help="geometric proposals split a support from what stands on it (ProposalConfig.split_stacked, "
+                        "the default), keep them merged, or one column each")
     args = p.parse_args(argv)
     models: list[tuple[str, str | None]] = [("default", None)]
     if args.model:
@@ -41,14 +46,18 @@ def main(argv: list[str] | None = None) -> int:
             if not path:
                 raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
     budgets: list[int | None] = args.max_frames or [None]
-    runs = [(f"{name} ({b} frames)" if b else name, path, b) for name, path in models for b in budgets]
+    splits = {"split": [True], "merged": [False], "both": [True, False]}[args.stacked]
+    runs = [(" ".join([name] + ([f"({b} frames)"] if b else []) + ([] if len(splits) == 1 else
+                                                                 ["split" if split else "merged"])), path, b, split)
+            for name, path in models for b in budgets for split in splits]
     rooms = [render_demo_room(seed, args.frames, args.width, args.height) for seed in range(args.rooms)]
     correct: dict[str, Counter[str]] = {}
     per_room: dict[str, list[int]] = {}
     questions: list[str] = []
-    for name, path, budget in runs:
+    for name, path, budget, split in runs:
         correct[name], per_room[name] = Counter(), []
-        engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget))
+        engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget,
+                                               proposal_config=ProposalConfig(split_stacked=split)))
         for seed, (spec, frames) in enumerate(rooms):
             engine.reset()  # a fresh scene for every room, one model load per model
             _, rows = ask_demo_room(spec, frames, engine, seed)

@@ -12,7 +12,11 @@ the number of proposals (floor-extended twins included) and the fraction of them
 IoU 0.25, the floor height error of the scene frame, and the time of fuse + scene frame +
 proposals. Prints a markdown table.
 
-    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9
+`--rooms benchmark` takes the synthetic benchmark's rooms (`make_benchmark_scene`: repeated categories,
+and in most rooms a box standing on a table, bed, sofa or cabinet) instead of `make_scene`'s; the
+table then also reports the stacked boxes found at IoU 0.25 / 0.5.
+
+    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9 [--rooms benchmark] [--no-split-stacked]
 """
 
 from __future__ import annotations
@@ -40,8 +44,14 @@ def _seeds(text: str) -> list[int]:
     return out
 
 
-def run_scene(seed: int, width: int, height: int, frames: int, stride: int, config: ProposalConfig) -> dict[str, float]:
-    spec = make_scene(seed)
+def run_scene(seed: int, width: int, height: int, frames: int, stride: int, config: ProposalConfig,
+              rooms: str = "scene") -> dict[str, float]:
+    if rooms == "benchmark":
+        from video3dllm_training.synthetic_benchmark import make_benchmark_scene
+
+        spec = make_benchmark_scene(seed)
+    else:
+        spec = make_scene(seed)
     doc = spec.to_json()  # the objects.json document
     ingestor = FrameIngestor()
     ingested = [ingestor.ingest(f) for f in render_frames(spec, frames, width=width, height=height)]
@@ -69,6 +79,7 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
 
     floor_gt, wall_gt = boxes("floor"), boxes("wall")
     best = best_iou(floor_gt)
+    stacked = floor_gt[:, 2] - floor_gt[:, 5] / 2 > 0.05  # "floor" objects whose bottom is on something else
     if len(pred) and len(floor_gt):
         on_object = pairwise_box_iou_3d(pred, floor_gt).max(axis=1) >= 0.25
         if props.floor_extended is not None and props.floor_extended.any():  # a twin counts with its own box
@@ -91,6 +102,9 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
         "r50": float(np.mean(best >= 0.5)),
         "r25_obs": float(np.mean(best[observed] >= 0.25)) if observed.any() else float("nan"),
         "r50_obs": float(np.mean(best[observed] >= 0.5)) if observed.any() else float("nan"),
+        "stacked": int(stacked.sum()),
+        "stacked_r25": int(np.sum(best[stacked] >= 0.25)),
+        "stacked_r50": int(np.sum(best[stacked] >= 0.5)),
         "proposals": len(props),
         "on_object": int(on_object.sum()),
         "walls_found": int(np.sum(best_iou(wall_gt) >= 0.25)),
@@ -113,22 +127,26 @@ def main() -> None:
     parser.add_argument("--voxel", type=float, default=ProposalConfig.voxel_m, help="proposal voxel (m)")
     parser.add_argument("--no-twins", action="store_true", help="disable floor-extended twin proposals")
     parser.add_argument("--keep-fragments", action="store_true", help="keep clusters nested in a much larger one")
+    parser.add_argument("--no-split-stacked", action="store_true", help="do not split supports from what stands on them")
+    parser.add_argument("--rooms", choices=("scene", "benchmark"), default="scene",
+                        help="make_scene's rooms (default) or the synthetic benchmark's (stacked boxes)")
     args = parser.parse_args()
     config = ProposalConfig(voxel_m=args.voxel, add_floor_extended=not args.no_twins,
-                            drop_nested_fragments=not args.keep_fragments)
+                            drop_nested_fragments=not args.keep_fragments, split_stacked=not args.no_split_stacked)
 
-    rows = [run_scene(s, args.width, args.height, args.frames, args.stride, config) for s in _seeds(args.seeds)]
+    rows = [run_scene(s, args.width, args.height, args.frames, args.stride, config, args.rooms) for s in _seeds(args.seeds)]
     print(
-        f"Synthetic scenes, {args.width}x{args.height}, {args.frames} frames, stride {args.stride}, "
-        f"voxel {args.voxel} m, twins {'off' if args.no_twins else 'on'}, "
-        f"nested fragments {'kept' if args.keep_fragments else 'dropped'}\n"
+        f"Synthetic {'benchmark rooms' if args.rooms == 'benchmark' else 'scenes'}, {args.width}x{args.height}, "
+        f"{args.frames} frames, stride {args.stride}, voxel {args.voxel} m, twins {'off' if args.no_twins else 'on'}, "
+        f"nested fragments {'kept' if args.keep_fragments else 'dropped'}, "
+        f"stacked {'not split' if args.no_split_stacked else 'split'}\n"
     )
-    print("| seed | objects (observed) | R@0.25 | R@0.5 | R@0.25 obs. | R@0.5 obs. | proposals | on an object | door/window @0.25 | points | floor err (mm) | fuse + frame + propose (ms) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| seed | objects (observed) | R@0.25 | R@0.5 | R@0.25 obs. | R@0.5 obs. | stacked @0.25 / @0.5 | proposals | on an object | door/window @0.25 | points | floor err (mm) | fuse + frame + propose (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['seed']} | {r['objects']} ({r['observed']}) | {r['r25']:.2f} | {r['r50']:.2f} | {r['r25_obs']:.2f} | "
-            f"{r['r50_obs']:.2f} | {r['proposals']} | {r['on_object'] / max(1, r['proposals']):.2f} | {r['walls_found']}/{r['walls']} | {r['points']:,} | "
+            f"{r['r50_obs']:.2f} | {r['stacked_r25']} / {r['stacked_r50']} of {r['stacked']} | {r['proposals']} | {r['on_object'] / max(1, r['proposals']):.2f} | {r['walls_found']}/{r['walls']} | {r['points']:,} | "
             f"{r['floor_err_mm']:+.1f} | {r['t_fuse_ms']:.0f} + {r['t_frame_ms']:.0f} + {r['t_propose_ms']:.0f} |"
         )
     n_obj = sum(r["objects"] for r in rows)
@@ -140,6 +158,7 @@ def main() -> None:
     print(
         f"| **all** | {n_obj} ({n_obs}) | **{pooled('r25', 'objects'):.3f}** | **{pooled('r50', 'objects'):.3f}** | "
         f"**{pooled('r25_obs', 'observed'):.3f}** | **{pooled('r50_obs', 'observed'):.3f}** | "
+        f"{sum(r['stacked_r25'] for r in rows)} / {sum(r['stacked_r50'] for r in rows)} of {sum(r['stacked'] for r in rows)} | "
         f"{np.mean([r['proposals'] for r in rows]):.1f} | "
         f"**{sum(r['on_object'] for r in rows) / max(1, sum(r['proposals'] for r in rows)):.3f}** | {sum(r['walls_found'] for r in rows)}/{sum(r['walls'] for r in rows)} | "
         f"{np.mean([r['points'] for r in rows]):,.0f} | {np.mean([abs(r['floor_err_mm']) for r in rows]):.1f} | "

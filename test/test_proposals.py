@@ -170,6 +170,77 @@ def test_a_fragment_inside_a_much_larger_object_is_dropped_but_an_object_under_a
     assert len(real_boxes(ProposalConfig(nested_volume_ratio=0.05))[0]) == 3
 
 
+# A solid block table (top at 0.75 m), a crate standing on it off-centre, a 6 cm tray on it (thinner
+# than stacked_min_height_m: stays with the table), and beside them a cone and a ball on the floor.
+BLOCK_TABLE = ((-1.2, -0.9, 0.0), (0.2, -0.1, 0.75))
+CRATE_ON_TABLE = ((-0.6, -0.75, 0.75), (-0.2, -0.4, 1.1))
+TRAY = ((-1.1, -0.6, 0.75), (-0.7, -0.3, 0.81))
+
+
+def _cone(cx: float, cy: float, radius: float, height: float, step: float = 0.015) -> np.ndarray:
+    z = np.arange(0.0, height, step)
+    rows = []
+    for zi in z:
+        r = radius * (1 - zi / height)
+        a = np.linspace(0, 2 * np.pi, max(8, int(2 * np.pi * r / step)), endpoint=False)
+        rows.append(np.stack([cx + r * np.cos(a), cy + r * np.sin(a), np.full(len(a), zi)], axis=1))
+    return np.concatenate(rows)
+
+
+def _ball(cx: float, cy: float, radius: float, step: float = 0.015) -> np.ndarray:
+    n = int(4 * np.pi * radius**2 / step**2)
+    k = np.arange(n) + 0.5  # Fibonacci sphere: even spacing
+    phi, theta = np.arccos(1 - 2 * k / n), np.pi * (1 + 5**0.5) * k
+    return np.stack([cx + radius * np.sin(phi) * np.cos(theta), cy + radius * np.sin(phi) * np.sin(theta),
+                     radius + radius * np.cos(phi)], axis=1)
+
+
+def _stacked_room() -> np.ndarray:
+    floor = _plane(2, 0.0, (-2.5, -2.0), (2.5, 2.0))
+    walls = [_plane(0, -2.5, (-2.0, 0.0), (2.0, 2.6)), _plane(1, 2.0, (-2.5, 0.0), (2.5, 2.6))]
+    return np.concatenate([floor, *walls, _box_surface(*BLOCK_TABLE), _box_surface(*CRATE_ON_TABLE),
+                           _box_surface(*TRAY), _cone(1.2, 0.8, 0.18, 0.55), _ball(1.3, -0.8, 0.22)])
+
+
+def test_a_box_on_a_table_is_split_out_and_the_merged_box_stays() -> None:
+    props = propose_boxes(_stacked_room())
+    assert props.stacked_part is not None and props.floor_extended is not None
+    lo, hi = props.centers - props.sizes / 2, props.centers + props.sizes / 2
+    parts = np.flatnonzero(props.stacked_part)
+    assert len(parts) == 2  # the table and the crate; the tray, the cone and the ball are not split
+    # the support ends at its surface (plus half a voxel), what stands on it starts there
+    table = parts[np.argmin(props.centers[parts, 2])]
+    crate = parts[np.argmax(props.centers[parts, 2])]
+    np.testing.assert_allclose(lo[table], BLOCK_TABLE[0], atol=0.021)
+    np.testing.assert_allclose(hi[table], (0.2, -0.1, 0.77), atol=0.021)
+    np.testing.assert_allclose(lo[crate], CRATE_ON_TABLE[0], atol=0.021)
+    np.testing.assert_allclose(hi[crate], CRATE_ON_TABLE[1], atol=0.021)
+    # the cluster's own box (table, crate and tray together) is still a candidate, without a floor twin
+    merged = ~props.stacked_part & ~props.floor_extended
+    c, s = _center_size((BLOCK_TABLE[0], (0.2, -0.1, 1.1)))
+    assert (_iou(c[None], s[None], props.centers[merged], props.sizes[merged])[0] > 0.9).sum() == 1
+    assert int(merged.sum()) == 3 and not props.floor_extended.any()  # merged, cone, ball
+
+    # sparse depth (a fifth of the points: a few keyframes) leaves holes in the table's top; still a surface
+    sparse = _stacked_room()[np.random.default_rng(0).random(len(_stacked_room())) < 0.2]
+    thin = propose_boxes(sparse)
+    assert thin.stacked_part is not None and int(thin.stacked_part.sum()) == 2
+    np.testing.assert_allclose(thin.sizes[thin.stacked_part], props.sizes[props.stacked_part], atol=0.021)
+
+    off = propose_boxes(_stacked_room(), config=ProposalConfig(split_stacked=False))
+    assert off.stacked_part is not None and not off.stacked_part.any() and len(off) == 3
+    np.testing.assert_array_equal(off.centers, props.centers[~props.stacked_part])
+
+
+def test_stacked_split_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="ProposalConfig.support_fill_fraction must be a fraction"):
+        ProposalConfig(support_fill_fraction=0.0)
+    with pytest.raises(ValueError, match="ProposalConfig.stacked_max_footprint_fraction must be a fraction"):
+        ProposalConfig(stacked_max_footprint_fraction=1.5)
+    with pytest.raises(ValueError, match="ProposalConfig.stacked_min_height_m must be a positive number of metres"):
+        ProposalConfig(stacked_min_height_m=-0.1)
+
+
 def test_empty_and_non_finite_input() -> None:
     assert len(propose_boxes(np.zeros((0, 3)))) == 0
     points, _ = _hand_room()
@@ -267,6 +338,35 @@ def test_deterministic(synthetic_runs: list[dict[str, object]]) -> None:
             np.testing.assert_array_equal(other.centers, props.centers)
             np.testing.assert_array_equal(other.sizes, props.sizes)
             np.testing.assert_array_equal(other.num_points, props.num_points)
+
+
+def test_rendered_box_on_a_table_is_split_out_and_cones_and_balls_are_not() -> None:
+    """Benchmark room 0 (the demo's: a green box on the green table) and room 3 (three cones, two
+    balls, nothing stacked), rendered at 160x120: sparse depth, holes in every surface."""
+    from video3dllm_core.geometry import pairwise_box_iou_3d
+    from video3dllm_training.synthetic_benchmark import make_benchmark_scene
+
+    ingestor = FrameIngestor()
+    for seed, stacked in ((0, ("table", "box")), (3, ())):
+        spec = make_benchmark_scene(seed)
+        fused = fuse_points([ingestor.ingest(f) for f in render_frames(spec, 20, width=160, height=120)], stride=4)
+        frame = SceneFrame.estimate(fused.points)
+        for split in (True, False):
+            props = propose_boxes(frame.to_scene(fused.points), fused.colors, ProposalConfig(split_stacked=split))
+            assert props.stacked_part is not None
+            centers, sizes = frame.boxes_to_world(props.centers, props.sizes)
+            iou = pairwise_box_iou_3d(np.array([[*o.center, *o.size] for o in spec.objects]), np.hstack([centers, sizes]))
+            on_table = next(k for k, o in enumerate(spec.objects) if o.center[2] - o.size[2] / 2 > 0.05)
+            if not stacked:
+                assert not props.stacked_part.any()
+            elif split:
+                assert int(props.stacked_part.sum()) == 2
+                for k in np.flatnonzero(props.stacked_part):  # one part is the table, the other the box
+                    best = int(np.argmax(iou[:, k]))
+                    assert spec.objects[best].label in stacked and iou[best, k] > 0.85, (k, iou[:, k])
+                assert iou[on_table].max() > 0.85
+            else:  # one box for table and box together: the box on the table is not a candidate
+                assert iou[on_table].max() < 0.25
 
 
 # --------------------------------------------------------------------------------- fusion

@@ -41,6 +41,15 @@ the fused keyframe points, in a z-up frame (the scene frame of `video3dllm_core.
    the box extended down to the floor (`Proposals.floor_extended` marks the twin); the grounding
    head picks whichever matches. On the synthetic benchmark this raises recall at IoU 0.5
    (docs/scene.md).
+8. **Stacked objects** (`split_stacked`): things standing on a table touch it and come out in its
+   cluster (a box on a table made one 1.2 m tall "table"). A cluster's highest voxel layer that is a
+   *surface* (its cells cover `support_fill_fraction` of the cluster's footprint and, holes of sparse
+   depth closed, mostly have all four neighbours: a table top, a bed) is a support when the voxels
+   clear above it cover at most `stacked_max_footprint_fraction` of the footprint and rise at least
+   `stacked_min_height_m`. The support (cut at its surface) and each connected piece above it (its
+   bottom set on the surface) become proposals of their own, marked `Proposals.stacked_part`, with no
+   floor twin; the cluster's own box stays, for a thing whose top carries a part of itself (a chair's
+   backrest). Cones and balls never qualify: their layers are rings of cells, not surfaces.
 
 External boxes (a detector's, or ScanNet's ground-truth instances) go through `external_boxes`,
 which validates them and returns the same `Proposals` type.
@@ -124,6 +133,14 @@ class ProposalConfig:
     """For a box floating above the floor, add a second box extended down to the floor."""
     floor_extend_max_height_m: float = 1.0
     """Only boxes whose bottom is at most this high get the extended twin (not wall shelves)."""
+    split_stacked: bool = True
+    """Add a support and what stands on it as proposals of their own (module docstring, step 8)."""
+    support_fill_fraction: float = 0.5
+    """`split_stacked`: a voxel layer this full (of the cluster's footprint cells) is a supporting surface ..."""
+    stacked_max_footprint_fraction: float = 0.6
+    """... and the voxels above it, covering at most this fraction of the footprint, stand on it ..."""
+    stacked_min_height_m: float = 0.08
+    """... when they rise at least this far above its top (not a ripple of the surface itself)."""
     seed: int = 0
     """Seed of the RANSAC sample generator (round k uses seed + k): proposals are bitwise the same
     on every call and from any thread."""
@@ -131,6 +148,7 @@ class ProposalConfig:
     def __post_init__(self) -> None:
         for name in (
             "voxel_m",
+            "stacked_min_height_m",
             "plane_distance_m",
             "cluster_eps_m",
             "structure_min_span_m",
@@ -149,7 +167,8 @@ class ProposalConfig:
             raise ValueError(
                 f"ProposalConfig.min_extent_m ({self.min_extent_m}) exceeds max_extent_m ({self.max_extent_m})"
             )
-        for name in ("nested_inside_fraction", "nested_volume_ratio"):
+        for name in ("nested_inside_fraction", "nested_volume_ratio", "support_fill_fraction",
+                     "stacked_max_footprint_fraction"):
             value = getattr(self, name)
             if not (np.isfinite(value) and 0 < value <= 1):
                 raise ValueError(f"ProposalConfig.{name} must be a fraction in (0, 1], got {value}")
@@ -166,6 +185,8 @@ class Proposals:
         mean_colors: [K, 3] mean colour of the cluster's points (uint8 RGB), when colours were given.
         floor_extended: [K] bool, True for the floor-extended twin of a floating cluster's box
             (`ProposalConfig.add_floor_extended`); None for external boxes.
+        stacked_part: [K] bool, True for a support or a thing standing on it, split out of a cluster
+            whose own box is kept too (`ProposalConfig.split_stacked`); None for external boxes.
     """
 
     centers: np.ndarray
@@ -173,13 +194,15 @@ class Proposals:
     num_points: np.ndarray
     mean_colors: np.ndarray | None = None
     floor_extended: np.ndarray | None = None
+    stacked_part: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.centers.shape[0])
 
     @staticmethod
     def empty() -> Proposals:
-        return Proposals(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, dtype=np.int64), None, np.zeros(0, dtype=bool))
+        return Proposals(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, dtype=np.int64), None, np.zeros(0, dtype=bool),
+                         np.zeros(0, dtype=bool))
 
 
 @dataclass(frozen=True, eq=False)
@@ -368,6 +391,8 @@ def propose_boxes(
         sums = np.stack([np.bincount(lab, weights=cols[on][:, a].astype(np.float64), minlength=n_clusters) for a in range(3)], axis=1)
         mean_colors = np.round(sums[idx] / np.maximum(num_points[idx], 1)[:, None]).astype(np.uint8)
     extended = np.zeros(len(idx), dtype=bool)
+    # Split-out supports and what stands on them (step 8): measured now, appended after the twins.
+    parts = _stacked_parts(vox, voxel_label, idx, cfg) if cfg.split_stacked else []
     if cfg.add_floor_extended:
         # Objects seen only from above (a chair behind a sofa, a stool under a table edge) give a
         # floating top slab; add the hypothesis that the unseen part reaches down to the floor.
@@ -381,17 +406,109 @@ def propose_boxes(
         if mean_colors is not None:
             mean_colors = np.concatenate([mean_colors, mean_colors[floating]])
         extended = np.concatenate([extended, np.ones(len(floating), dtype=bool)])
+    stacked = np.zeros(len(lo_k), dtype=bool)
+    if parts:
+        voxel_part = np.full(len(vox), -1, dtype=np.int64)
+        for k, (voxels, _, _) in enumerate(parts):
+            voxel_part[voxels] = k
+        point_part = voxel_part[voxel_of_point]
+        in_part = point_part >= 0
+        p_lab, p_pts = point_part[in_part], pts[in_part]
+        lo_p = np.full((len(parts), 3), np.inf)
+        hi_p = np.full((len(parts), 3), -np.inf)
+        np.minimum.at(lo_p, p_lab, p_pts)
+        np.maximum.at(hi_p, p_lab, p_pts)
+        bottoms, tops = np.array([b for _, b, _ in parts]), np.array([t for _, _, t in parts])
+        rests = np.isfinite(bottoms)  # stands on a support: its bottom is the support's top
+        lo_p[rests, 2] = np.minimum(lo_p[rests, 2], bottoms[rests])
+        capped = np.isfinite(tops)  # a support: its top is its surface (the sides of what stands on it end there)
+        hi_p[capped, 2] = np.minimum(hi_p[capped, 2], tops[capped])
+        if cfg.snap_to_floor:
+            snap = ~rests & (lo_p[:, 2] <= floor_z + cfg.floor_snap_m)
+            lo_p[snap, 2] = np.minimum(lo_p[snap, 2], floor_z)
+        n_p = np.bincount(p_lab, minlength=len(parts)).astype(np.int64)
+        lo_k, hi_k = np.concatenate([lo_k, lo_p]), np.concatenate([hi_k, hi_p])
+        counts = np.concatenate([counts, n_p])
+        if mean_colors is not None and cols is not None:
+            c_on = cols[in_part].astype(np.float64)
+            sums_p = np.stack([np.bincount(p_lab, weights=c_on[:, a], minlength=len(parts)) for a in range(3)], axis=1)
+            mean_colors = np.concatenate([mean_colors, np.round(sums_p / np.maximum(n_p, 1)[:, None]).astype(np.uint8)])
+        extended = np.concatenate([extended, np.zeros(len(parts), dtype=bool)])
+        stacked = np.concatenate([stacked, np.ones(len(parts), dtype=bool)])
     centers = (lo_k + hi_k) / 2.0
     # A degenerate side (a single-voxel-thick cluster seen edge-on) still gets a positive size.
     out_sizes = np.maximum(hi_k - lo_k, cfg.voxel_m)
-    order = np.lexsort((extended, centers[:, 2], centers[:, 1], centers[:, 0], -counts))
+    order = np.lexsort((stacked, extended, centers[:, 2], centers[:, 1], centers[:, 0], -counts))
     return Proposals(
         centers=centers[order],
         sizes=out_sizes[order],
         num_points=counts[order],
         mean_colors=mean_colors[order] if mean_colors is not None else None,
         floor_extended=extended[order],
+        stacked_part=stacked[order],
     )
+
+
+def _stacked_parts(vox: np.ndarray, voxel_label: np.ndarray, clusters: np.ndarray,
+                   cfg: ProposalConfig) -> list[tuple[np.ndarray, float, float]]:
+    """Supports and the things standing on them, split out of the `clusters` that hold both (module
+    docstring, step 8), as (voxel indices, bottom height, top height): a thing's bottom rests on the
+    support's surface, a support's top is its surface; NaN where the part's own points decide.
+
+    Layers and footprint cells are the voxel grid's own. What stands on the support is judged by
+    height above its surface, not by layer: a flat top straddling a layer boundary leaves a ripple
+    of surface voxels one layer up."""
+    from scipy import ndimage
+
+    from video3dllm_core.o3d import o3d
+
+    keys = np.floor(vox / cfg.voxel_m).astype(np.int64)
+    cell = (keys[:, 0] << 32) ^ (keys[:, 1] & 0xFFFFFFFF)  # one int64 per (x, y) column of the grid
+
+    def is_surface(voxels: np.ndarray, footprint: int, origin: np.ndarray, shape: tuple[int, int]) -> bool:
+        """A filled layer: its cells cover `support_fill_fraction` of the footprint, and closed (dilated and
+        eroded by one cell: the holes of sparse depth filled), at least half of them have all four
+        neighbours - a table top does; a slanted side (a cone, a ball) seen as a ring of cells does not."""
+        image = np.zeros(shape, dtype=bool)
+        ij = keys[voxels, :2] - origin
+        image[ij[:, 0], ij[:, 1]] = True
+        if int(image.sum()) < cfg.support_fill_fraction * footprint:
+            return False
+        closed = ndimage.binary_closing(image, structure=np.ones((3, 3), dtype=bool))
+        inner = ndimage.binary_erosion(closed, structure=ndimage.generate_binary_structure(2, 1))
+        return int(inner.sum()) >= 0.5 * int(closed.sum())
+
+    parts: list[tuple[np.ndarray, float, float]] = []
+    for c in clusters.tolist():
+        members = np.flatnonzero(voxel_label == c)
+        footprint = len(np.unique(cell[members]))
+        layer = keys[members, 2]
+        origin = keys[members, :2].min(axis=0) - 2  # a margin of two cells: closing sees past the edge
+        nx, ny = (int(v) for v in keys[members, :2].max(axis=0) - origin + 3)
+        shape = (nx, ny)
+        filled = [z for z in np.unique(layer) if is_surface(members[layer == z], footprint, origin, shape)]
+        if not filled:
+            continue
+        top = max(filled)
+        top_z = float(np.median(vox[members[layer == top], 2]))
+        high = vox[members, 2] > top_z + cfg.voxel_m  # a voxel clear of the surface
+        above = members[high]
+        if len(above) < cfg.min_cluster_voxels or len(np.unique(cell[above])) > cfg.stacked_max_footprint_fraction * footprint:
+            continue
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(vox[above]))
+        labels = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps_m, cfg.dbscan_min_points, False), dtype=np.int64)
+        pieces = []
+        for label in range(int(labels.max()) + 1 if len(labels) else 0):
+            piece = above[labels == label]
+            lo, hi = vox[piece].min(axis=0), vox[piece].max(axis=0)
+            lo[2] = top_z
+            if (len(piece) >= cfg.min_cluster_voxels and hi[2] - top_z >= cfg.stacked_min_height_m
+                    and cfg.min_extent_m <= float(np.max(hi - lo)) <= cfg.max_extent_m):
+                pieces.append((piece, top_z, float("nan")))
+        if pieces:
+            parts.append((members[~high], float("nan"), top_z + cfg.voxel_m / 2))
+            parts.extend(pieces)
+    return parts
 
 
 def _nested_fragments(lo: np.ndarray, hi: np.ndarray, candidate: np.ndarray, inside_fraction: float,
