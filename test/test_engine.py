@@ -349,41 +349,6 @@ def test_vision_cache_recomputes_positions_for_a_new_scene_frame(default_model: 
     np.testing.assert_array_equal(patch, frames[0].patch_world_coords)
 
 
-def test_vision_cache_keeps_the_colours_a_colour_model_grounds_with(small_model_benchmark: Path, tmp_path: Path,
-                                                                   room: tuple[Any, list[PosedFrame]]) -> None:
-    """object_feature_type patch14-pe-size-colour: the cache's features carry the keyframe crops (the
-    box colours come from them) and give the same object features as a direct encode; a cached and an
-    uncached engine ground alike."""
-    from video3dllm_core.cli import main as cli_main
-
-    assert cli_main(["init-model", str(small_model_benchmark), str(tmp_path / "colour"),
-                     "--object-feature-type", "patch14-pe-size-colour"]) == 0
-    model = Video3DLLM.from_pretrained(tmp_path / "colour", device="cpu")
-    cfg = model.ingest_config()
-    frames = [FrameIngestor(cfg).ingest(f) for f in room[1][:3]]
-    scene = SceneFrame.identity()
-    truth = np.array([list(o.center) + list(o.size) for o in room[0].objects])
-    with torch.no_grad():
-        visual, _, _ = VisionCache(8).visual_features(model, [1, 2, 3], frames, scene, 1, cfg, 8)
-        direct = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]),
-                                     patch_world_coords=np.stack([f.patch_world_coords for f in frames]))
-        assert visual.crop_rgb is not None and direct.crop_rgb is not None
-        assert torch.equal(visual.crop_rgb, direct.crop_rgb)
-        a, b = model.object_features(visual, truth), model.object_features(direct, truth)
-    assert a.colour_rgb is not None and torch.equal(a.features, b.features)
-    seen = [k for k, n in enumerate(a.num_selected) if n > 0]
-    assert seen and bool((a.colour_rgb[seen].sum(dim=1) > 0).all())
-    answers = []
-    for enable_cache in (True, False):
-        engine = _engine(model, room[1][::2], max_frames=3, scene_frame="identity", proposal_source="external",
-                         enable_cache=enable_cache)
-        engine.set_external_boxes(truth[:, :3], truth[:, 3:])
-        answers.append([engine.query("where is the lamp?", task="ground") for _ in range(2)])
-    for answer in answers[0] + answers[1]:
-        assert answer.ok, answer.error
-        assert answer.candidates == answers[1][0].candidates and answer.objects == answers[1][0].objects
-
-
 def test_hysteresis_keeps_the_keyframe_set_for_a_small_coverage_gain(default_model: Video3DLLM) -> None:
     frames = render_frames(make_scene(1), 24, 320, 240)
     results = {}

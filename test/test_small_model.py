@@ -28,8 +28,7 @@ def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
-                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"]),
-                        ("colour", ["--object-feature-type", "patch14-pe-size-colour"])):
+                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -114,71 +113,6 @@ def test_box_size_embedding_is_the_learned_map_of_the_log_size(models: dict[str,
     torch.testing.assert_close(again.ground_head.box_size.bias, model.ground_head.box_size.bias)  # type: ignore[union-attr]
 
 
-def test_box_colour_embedding_is_the_learned_map_of_the_mean_colour_inside(models: dict[str, Path], tmp_path: Path) -> None:
-    from safetensors.torch import load_file
-
-    from video3dllm_core.model.checkpoint import save_checkpoint
-    from video3dllm_training.trainer import parameter_groups
-
-    model = Video3DLLM.from_pretrained(models["colour"], device="cpu")
-    sized = Video3DLLM.from_pretrained(models["pe"], device="cpu")
-    assert model.config.box_colour_embedding and model.config.box_size_embedding
-    assert not sized.config.box_colour_embedding
-    weights = load_file(str(models["colour"] / "model.safetensors"))
-    assert not any(k.startswith("ground_head_box_colour") for k in load_file(str(models["pe"] / "model.safetensors")))
-    w0, b0 = weights["ground_head_box_colour.0.weight"].double().numpy(), weights["ground_head_box_colour.0.bias"].double().numpy()
-    w2, b2 = weights["ground_head_box_colour.2.weight"].double().numpy(), weights["ground_head_box_colour.2.bias"].double().numpy()
-    # two frames: the left half of every image red-ish at x < 0, the right half blue-ish at x >= 0
-    crops = np.zeros((2, 384, 384, 3), dtype=np.uint8)
-    crops[:, :, :192] = (200, 30, 40)
-    crops[:, :, 192:] = (20, 60, 220)
-    crops[1, :100, :100] = (0, 255, 0)  # a green corner on the left side of frame 1
-    coords = np.zeros((2, 384, 384, 3), dtype=np.float32)
-    coords[..., 0] = np.linspace(-1, 1, 384, dtype=np.float32)[None, None, :]
-    coords[..., 1] = np.linspace(-1, 1, 384, dtype=np.float32)[None, :, None]
-    boxes = np.array([[-0.5, 0.0, 0.0, 0.99, 2.0, 1.0],  # x in [-1, -0.005]: the left half
-                      [0.5, 0.0, 0.0, 0.99, 2.0, 1.0],  # the right half
-                      [5.0, 5.0, 5.0, 1.0, 1.0, 1.0]])  # nothing inside
-    with torch.no_grad():
-        visual = model.encode_frames(crops, coords)
-        objects = model.object_features(visual, boxes)
-    # independent mean over the pixels the tower sees (378 x 378) whose point is inside
-    used = 378
-    pts, rgb = coords[:, :used, :used].astype(np.float64), crops[:, :used, :used].astype(np.float64) / 255
-    expected_rgb = []
-    for c, d in zip(boxes[:, :3], boxes[:, 3:]):
-        inside = np.all((pts >= (c - d / 2).astype(np.float32)) & (pts <= (c + d / 2).astype(np.float32)), axis=-1)
-        expected_rgb.append(rgb[inside].mean(axis=0) if inside.any() else np.zeros(3))
-    assert objects.colour_rgb is not None and objects.colour_embedding is not None
-    np.testing.assert_allclose(objects.colour_rgb.double().numpy(), expected_rgb, rtol=1e-5, atol=1e-6)
-    # the green corner is 7 % of the left pixels: G = 0.07 * 1 + 0.93 * 30 / 255; the right is 220 / 255 blue
-    assert 0.17 < objects.colour_rgb[0, 1] < 0.19 and objects.colour_rgb[1, 2] > 0.85
-    hidden = np.maximum(np.asarray(expected_rgb) @ w0.T + b0, 0)
-    expected = (hidden @ w2.T + b2) * np.array([1.0, 1.0, 0.0])[:, None]  # no pixel inside: zero embedding
-    np.testing.assert_allclose(objects.colour_embedding.double().numpy(), expected, rtol=1e-4, atol=1e-5)
-    assert objects.size_embedding is not None
-    torch.testing.assert_close(objects.features, objects.before_pe + objects.center_pe + objects.size_embedding
-                               + objects.colour_embedding)
-    # a model without colours never keeps the crops; handing it none is an error naming the field
-    assert sized.encode_frames(crops, coords).crop_rgb is None
-    import dataclasses
-
-    with pytest.raises(ValueError, match="VisualFeatures.crop_rgb is None"):
-        model.object_features(dataclasses.replace(visual, crop_rgb=None), boxes)
-    # trained with the rest, saved under its own key
-    model.requires_grad_(True)
-    colour_params = {id(p) for p in model.ground_head.box_colour.parameters()}  # type: ignore[union-attr]
-    assert colour_params <= {id(p) for g in parameter_groups(model, 1e-3) for p in g["params"]}
-    last = model.ground_head.box_colour[2]  # type: ignore[union-attr,index]
-    assert isinstance(last, torch.nn.Linear)
-    with torch.no_grad():
-        last.bias.add_(1.0)
-    again = Video3DLLM.from_pretrained(save_checkpoint(model, tmp_path / "saved"), device="cpu")
-    again_last = again.ground_head.box_colour[2]  # type: ignore[union-attr,index]
-    assert isinstance(again_last, torch.nn.Linear)
-    torch.testing.assert_close(again_last.bias, last.bias)
-
-
 def test_tokenizer_learns_the_benchmark_words(bench: Path, models: dict[str, Path]) -> None:
     tokenizer = Video3DLLM.from_pretrained(models["pe"], device="cpu").tokenizer
     words = {w.strip(".?,").lower() for text in benchmark_texts(bench) for w in text.split()}
@@ -230,7 +164,7 @@ def test_no_position_embedding_ablation(models: dict[str, Path]) -> None:
         assert torch.count_nonzero(without.location_embedding((0.5, 0.5, 0.5))[1]) > 0
     raw = json.loads((models["nope"] / "config.json").read_text())
     raw["object_feature_type"] = "patch14-size"
-    with pytest.raises(ConfigError, match="object_feature_type 'patch14-size'.*'patch14-pe-size' / 'patch14-pe-size-colour'"):
+    with pytest.raises(ConfigError, match="object_feature_type 'patch14-size'.*'patch14-pe-size'"):
         Video3DLLMConfig.from_dict(raw)
     raw["object_feature_type"] = "patch14-pe-size"
     raw["world_position_embedding_type"] = "learned"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from video3dllm_core.model.config import OBJECT_FEATURE_TYPES
-
 HELP = "write a fresh small Video-3D LLM (tokenizer trained on a synthetic benchmark) to train from scratch"
 
 
@@ -24,10 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="the paper's ablation: no 3D position embedding on video tokens and object features")
     p.add_argument("--attention-init-scale", type=float, default=4.0,
                    help="factor on the decoder's query/key projections after initialisation (default 4; 1 = transformers')")
-    p.add_argument("--object-feature-type", choices=OBJECT_FEATURE_TYPES, default="patch14-pe-size",
-                   help="object features for grounding: with the learned box size embedding (default), also with the "
-                        "learned colour embedding (patch14-pe-size-colour), or upstream's patch14-pe (patch mean + "
-                        "centre embedding only)")
+    p.add_argument("--object-feature-type", choices=("patch14-pe-size", "patch14-pe"), default="patch14-pe-size",
+                   help="object features for grounding: with the learned box size embedding (default) or upstream's "
+                        "patch14-pe (patch mean + centre embedding only)")
     p.add_argument("--vision-tower-from", default=None, metavar="CHECKPOINT",
                    help="take the vision tower's weights from this checkpoint (e.g. `video3dllm pretrain-tower` output)")
 

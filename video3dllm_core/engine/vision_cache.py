@@ -52,7 +52,6 @@ class FrameVision:
     patch_coords: torch.Tensor | None = None  # [g, g, 3] float32
     pe_coords: torch.Tensor | None = None  # [g, g, 3] float32 (voxel indices when discrete)
     position_embedding: torch.Tensor | None = None  # [P, H] float32
-    crop_rgb: torch.Tensor | None = None  # [S, S, 3] uint8, kept for models with box colours
 
 
 class VisionCache:
@@ -111,7 +110,6 @@ class VisionCache:
                     scene_serial=scene_serial, world_coords=encoded.world_coords[j],
                     patch_coords=encoded.patch_coords[j], pe_coords=encoded.pe_coords[j],
                     position_embedding=encoded.position_embedding[j],
-                    crop_rgb=encoded.crop_rgb[j] if encoded.crop_rgb is not None else None,
                 )
         moved = [fid for fid in frame_ids if self._entries[fid].scene_serial != scene_serial]
         for fid, frame in zip(frame_ids, frames):
@@ -144,7 +142,6 @@ def _assemble(model: Video3DLLM, entries: Sequence[FrameVision]) -> VisualFeatur
     pooled = stack("pooled")
     pe = stack("position_embedding")
     block = image_block(pooled + pe.to(pooled.dtype), model.image_newline)
-    rgb = stack("crop_rgb") if all(e.crop_rgb is not None for e in entries) else None
     return VisualFeatures(siglip=stack("siglip"), projected=stack("projected"), pooled=pooled,
                           patch_coords=stack("patch_coords"), pe_coords=stack("pe_coords"), position_embedding=pe,
-                          image_block=block, world_coords=stack("world_coords"), crop_rgb=rgb)
+                          image_block=block, world_coords=stack("world_coords"))

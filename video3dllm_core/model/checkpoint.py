@@ -36,8 +36,7 @@ UPSTREAM_PREFIXES: tuple[tuple[str, str], ...] = (
     ("ground_head_obj.", "ground_head.obj."),
     ("ground_head_query.", "ground_head.query."),
     ("ground_head_zero_target", "ground_head.zero_target"),
-    ("ground_head_box_size.", "ground_head.box_size."),  # ours: object_feature_type patch14-pe-size(-colour)
-    ("ground_head_box_colour.", "ground_head.box_colour."),  # ours: object_feature_type patch14-pe-size-colour
+    ("ground_head_box_size.", "ground_head.box_size."),  # ours: object_feature_type patch14-pe-size
     ("model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
 )

@@ -31,9 +31,6 @@ _NOT_DECODER_KEYS = {"model_type", "architectures", "auto_map", "transformers_ve
 SUPPORTED_POOL_MODES = ("bilinear",)
 
 
-#: ``object_feature_type`` values: upstream's, and ours with the box size (and colour) embeddings.
-OBJECT_FEATURE_TYPES = ("patch14-pe", "patch14-pe-size", "patch14-pe-size-colour")
-
 class ConfigError(ValueError):
     """The checkpoint's config.json is missing a key or holds a value this code does not support."""
 
@@ -136,17 +133,9 @@ class Video3DLLMConfig:
 
     @property
     def box_size_embedding(self) -> bool:
-        """True for ``object_feature_type: patch14-pe-size`` and ``patch14-pe-size-colour`` (our extensions,
-        not upstream values): object features also carry a learned embedding of the box's log size
-        (``GroundingHead.size_embedding``)."""
-        return self.object_feature_type in ("patch14-pe-size", "patch14-pe-size-colour")
-
-    @property
-    def box_colour_embedding(self) -> bool:
-        """True for ``object_feature_type: patch14-pe-size-colour`` (ours): object features also carry a
-        learned embedding of the mean colour of the keyframe pixels inside the box
-        (``GroundingHead.colour_embedding``)."""
-        return self.object_feature_type == "patch14-pe-size-colour"
+        """True for ``object_feature_type: patch14-pe-size`` (our extension, not an upstream value): object
+        features also carry a learned embedding of the box's log size (``GroundingHead.size_embedding``)."""
+        return self.object_feature_type == "patch14-pe-size"
 
     @property
     def discrete_positions(self) -> bool:
@@ -220,11 +209,10 @@ class Video3DLLMConfig:
             raise ConfigError(
                 f"config.json: min_xyz_range {self.min_xyz_range} must be below max_xyz_range {self.max_xyz_range}"
             )
-        if self.object_feature_type not in OBJECT_FEATURE_TYPES:
+        if self.object_feature_type not in ("patch14-pe", "patch14-pe-size"):
             raise ConfigError(
                 f"config.json: object_feature_type {self.object_feature_type!r} not supported (use 'patch14-pe', "
-                "or 'patch14-pe-size' / 'patch14-pe-size-colour' for the box size (and colour) embeddings of "
-                "models trained here)"
+                "or 'patch14-pe-size' for the box size embedding of models trained here)"
             )
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")

@@ -8,11 +8,6 @@ Linear -> ReLU -> LayerNorm -> Linear and the scores are cosine similarities (no
 a learned linear map of the candidate box's log size (metres) that ``Video3DLLM.object_features`` adds to
 the object feature. A tower trained from scratch on small renders cannot see an object's size in its
 patches (docs/benchmarks.md, "What an object's grounding feature carries"); the box knows it.
-
-``box_colour`` (ours, ``object_feature_type: patch14-pe-size-colour``, with ``box_size``): a learned
-two-layer map of the mean colour (RGB in [0, 1]) of the keyframe pixels whose world points lie inside
-the candidate box, added to the object feature the same way. Colour names are regions of RGB space,
-not directions, hence the hidden layer.
 """
 
 from __future__ import annotations
@@ -45,17 +40,14 @@ class GroundingOutput:
 
 class GroundingHead(nn.Module):
     """``ground_head_obj``, ``ground_head_query`` and ``ground_head_zero_target`` of the checkpoint, and
-    ``ground_head_box_size`` when ``box_size_embedding`` and ``ground_head_box_colour`` when
-    ``box_colour_embedding`` (see the module docstring)."""
+    ``ground_head_box_size`` when ``box_size_embedding`` (see the module docstring)."""
 
-    def __init__(self, hidden_size: int, box_size_embedding: bool = False, box_colour_embedding: bool = False) -> None:
+    def __init__(self, hidden_size: int, box_size_embedding: bool = False) -> None:
         super().__init__()
         self.obj = _head(hidden_size)
         self.query = _head(hidden_size)
         self.zero_target = nn.Parameter(torch.empty(hidden_size))
         self.box_size = nn.Linear(3, hidden_size) if box_size_embedding else None
-        self.box_colour = (nn.Sequential(nn.Linear(3, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size))
-                           if box_colour_embedding else None)
 
     def size_embedding(self, size_xyz_m: torch.Tensor) -> torch.Tensor:
         """[N, 3] box sizes (metres) -> [N, H] learned embedding of their logarithm (sides below
@@ -64,15 +56,6 @@ class GroundingHead(nn.Module):
             raise ValueError("this grounding head has no box size embedding (object_feature_type is not 'patch14-pe-size')")
         log_size = torch.log(torch.clamp(size_xyz_m.to(torch.float32), min=MIN_BOX_SIDE_M))
         return self.box_size(log_size.to(self.box_size.weight.dtype))
-
-    def colour_embedding(self, rgb: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        """[N, 3] mean colours (RGB in [0, 1]) and [N] bool (any pixel inside the box) -> [N, H] learned
-        embedding, zero for boxes no keyframe pixel falls in; raises when the head has no ``box_colour``."""
-        if self.box_colour is None:
-            raise ValueError("this grounding head has no box colour embedding "
-                             "(object_feature_type is not 'patch14-pe-size-colour')")
-        dtype = next(self.box_colour.parameters()).dtype
-        return self.box_colour(rgb.to(dtype)) * seen.to(dtype)[:, None]
 
     def forward(self, object_features: torch.Tensor, ground_hidden: torch.Tensor) -> GroundingOutput:
         dtype = ground_hidden.dtype

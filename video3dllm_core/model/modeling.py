@@ -41,8 +41,7 @@ from .config import ConfigError, Video3DLLMConfig
 from .decoding import GenerationOutput, decode, greedy_continue, new_cache, repetition_processors
 from .grounding import GroundingHead, GroundingOutput
 from .layout import MergedInputs, image_block, merge_sequence, pool_features, pooled_grid_size
-from .objects import (ObjectFeatures, box_mean_colours, check_boxes, mean_selected_features, min_inside_points,
-                      patch_inside_counts)
+from .objects import ObjectFeatures, check_boxes, mean_selected_features, min_inside_points, patch_inside_counts
 from video3dllm_core.ingest import IngestConfig
 
 from .position import discretize_coords, patch_average_coords, sin3d_embedding
@@ -85,7 +84,6 @@ class VisualFeatures:
     position_embedding: torch.Tensor  # [V, 196, H] float32 sin3d of pe_coords
     image_block: torch.Tensor  # [V*14*15, H] pooled + PE with a newline after each row
     world_coords: torch.Tensor  # [V, 384, 384, 3] float32 per-pixel world coordinates (object selection)
-    crop_rgb: torch.Tensor | None = None  # [V, 384, 384, 3] uint8 crops (box colours, patch14-pe-size-colour)
 
     @property
     def num_frames(self) -> int:
@@ -147,8 +145,7 @@ class Video3DLLM(nn.Module):
             )
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
-        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding,
-                                          box_colour_embedding=config.box_colour_embedding)
+        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding)
                             if config.ground_head_type == "infonce" else None)
         self.tokenizer: Any = None
         self.generation_config: Any = None
@@ -256,10 +253,8 @@ class Video3DLLM(nn.Module):
         pe_coords = self.pe_coords(patch_coords)
         pe = self.position_embedding(pe_coords.flatten(1, 2))
         block = image_block(pooled + pe.to(pooled.dtype), self.image_newline)
-        rgb = torch.as_tensor(crop_rgb).to(device=self.device) if self.config.box_colour_embedding else None
         return VisualFeatures(siglip=siglip, projected=projected, pooled=pooled, patch_coords=patch_coords,
-                              pe_coords=pe_coords, position_embedding=pe, image_block=block, world_coords=coords,
-                              crop_rgb=rgb)
+                              pe_coords=pe_coords, position_embedding=pe, image_block=block, world_coords=coords)
 
     def pe_coords(self, coords: torch.Tensor) -> torch.Tensor:
         """Coordinates ``[..., 3]`` (scene frame, metres) as fed to the sinusoidal 3D position embedding.
@@ -401,20 +396,12 @@ class Video3DLLM(nn.Module):
         centers = self.pe_coords(box[:, :3])
         center_pe = self.position_embedding(centers)
         features = before + center_pe.to(before.dtype)
-        size_embedding = colour_rgb = colour_embedding = None
+        size_embedding = None
         if self.config.box_size_embedding and self.ground_head is not None:
             size_embedding = self.ground_head.size_embedding(box[:, 3:])
             features = features + size_embedding.to(before.dtype)
-        if self.config.box_colour_embedding and self.ground_head is not None:
-            if visual.crop_rgb is None:
-                raise ValueError("object_feature_type 'patch14-pe-size-colour' needs the keyframe colours: "
-                                 "VisualFeatures.crop_rgb is None (encode the frames with this model)")
-            colour_rgb, seen = box_mean_colours(visual.world_coords, visual.crop_rgb, box, tower.grid * tower.patch_size)
-            colour_embedding = self.ground_head.colour_embedding(colour_rgb, seen > 0)
-            features = features + colour_embedding.to(before.dtype)
         return ObjectFeatures(features=features, before_pe=before, center_discrete=centers, center_pe=center_pe,
-                              inside_count=counts, patch_mask=mask, size_embedding=size_embedding,
-                              colour_rgb=colour_rgb, colour_embedding=colour_embedding)
+                              inside_count=counts, patch_mask=mask, size_embedding=size_embedding)
 
     def ground_position(self, merged: MergedInputs) -> int:
         """Merged position of the (last) ``<ground>`` token, whose hidden state the head reads."""

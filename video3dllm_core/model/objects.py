@@ -6,8 +6,7 @@ box when at least half of its 196 world points satisfy lo <= p <= hi on all thre
 feature is the mean of the *un-pooled* projected features of all selected (frame, patch) pairs
 over all frames (zeros when none) plus the sine embedding of the discretised box centre; with
 ``object_feature_type: patch14-pe-size`` (ours) also plus the grounding head's learned embedding of the
-box's log size, and with ``patch14-pe-size-colour`` (ours) also plus its learned embedding of the mean
-colour of the pixels (of the same 378x378 regions) whose world points lie inside the box.
+box's log size.
 """
 
 from __future__ import annotations
@@ -27,9 +26,7 @@ class ObjectFeatures:
     center_pe: torch.Tensor  # [N, H] sine embedding of center_discrete
     inside_count: torch.Tensor  # [N, V, grid, grid] int32: points of each patch inside each box
     patch_mask: torch.Tensor  # [N, V, grid, grid] bool: selected patches
-    size_embedding: torch.Tensor | None = None  # [N, H] learned log-size embedding (patch14-pe-size*)
-    colour_rgb: torch.Tensor | None = None  # [N, 3] mean colour in [0, 1] of the pixels inside (patch14-pe-size-colour)
-    colour_embedding: torch.Tensor | None = None  # [N, H] its learned embedding (patch14-pe-size-colour)
+    size_embedding: torch.Tensor | None = None  # [N, H] learned log-size embedding (patch14-pe-size only)
 
     @property
     def num_selected(self) -> list[int]:
@@ -67,26 +64,6 @@ def patch_inside_counts(world_coords: torch.Tensor, boxes: torch.Tensor, patch_s
     if not counts:
         return torch.zeros((0, frames, grid, grid), dtype=torch.int32, device=world_coords.device)
     return torch.stack(counts)
-
-
-def box_mean_colours(world_coords: torch.Tensor, crop_rgb: torch.Tensor, boxes: torch.Tensor,
-                     used: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[V, S, S, 3] world points, [V, S, S, 3] uint8 colours, [N, 6] float32 boxes -> ([N, 3] float32 mean
-    colour in [0, 1] of the pixels of the top-left used x used region whose point is inside each box
-    (lo <= p <= hi, as for the patches), zeros when none; [N] int64 numbers of those pixels)."""
-    if crop_rgb.shape != world_coords.shape:
-        raise ValueError(f"crop_rgb must be shaped like world_coords {tuple(world_coords.shape)}, got {tuple(crop_rgb.shape)}")
-    points = world_coords[:, :used, :used, :]
-    colours = crop_rgb[:, :used, :used, :].to(torch.float32) / 255.0
-    means, counts = [], []
-    for box in boxes:
-        inside = torch.all((box[:3] - box[3:] / 2 <= points) & (points <= box[:3] + box[3:] / 2), dim=-1)
-        n = int(inside.sum())
-        means.append(colours[inside].mean(dim=0) if n else torch.zeros(3, device=points.device))
-        counts.append(n)
-    if not means:
-        return torch.zeros((0, 3), device=points.device), torch.zeros(0, dtype=torch.int64, device=points.device)
-    return torch.stack(means), torch.tensor(counts, dtype=torch.int64, device=points.device)
 
 
 def mean_selected_features(projected: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
