@@ -10,7 +10,8 @@ candidates, ScanQA, SQA3D, Scan2Cap at the matched detector box) it runs `video3
 metrics, computes the chance/prior rows (`video3dllm_training.baselines`), prints a table (overall
 and per question type) and writes `<out>/results.json`. Answers are resumable per model and task.
 A second table splits ScanRefer's relation descriptions into finding the named label and resolving
-the relation among the objects of that label (`relation_breakdown`).
+the relation among the objects of that label (`relation_breakdown`); a third groups Multi3DRefer's
+descriptions by how many objects they mean and counts empty answers and exact sets (`multi_breakdown`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from video3dllm_training.synthetic_eval import (  # noqa: E402
     baseline_metrics,
     evaluate_checkpoint,
+    multi_breakdown,
+    multi_table,
     relation_breakdown,
     relation_table,
     results_table,
@@ -55,19 +58,22 @@ def main(argv: list[str] | None = None) -> int:
         frames = args.frames_upbound or json.loads((Path(path) / "config.json").read_text())["frames_upbound"]
         results[name] = evaluate_checkpoint(name, path, bench, args.split, out, args.limit, frames)
     relations = {name: relation_breakdown(bench, args.split, out / name / "scanrefer.jsonl") for name in list(results)[1:]}
+    multi = {name: multi_breakdown(out / name / "multi3drefer.jsonl") for name in list(results)[1:]}
     (out / "results.json").write_text(json.dumps({"split": args.split, "limit": args.limit, "results": results,
-                                                  "relations": relations}, indent=2) + "\n")
+                                                  "relations": relations, "multi": multi}, indent=2) + "\n")
     print(f"split {args.split}" + (f", first {args.limit} questions per task" if args.limit else "") + " (values x100)")
     print(results_table(results))
     print("\nScanRefer relation descriptions (values x100)")
     print(relation_table(relations))
+    print("\nMulti3DRefer descriptions by number of targets (values x100)")
+    print(multi_table(multi))
     if args.record:
-        record(Path(args.record), bench, args, results, relations)
+        record(Path(args.record), bench, args, results, relations, multi)
     return 0
 
 
 def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str, Any],
-           relations: dict[str, dict[str, float]]) -> None:
+           relations: dict[str, dict[str, float]], multi: dict[str, dict[str, dict[str, float]]]) -> None:
     """results.json of the embedded default model: how the benchmark and model were made, what they score."""
     info = json.loads((bench / "benchmark.json").read_text())
     width, height = info["image_size"]
@@ -84,9 +90,10 @@ def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str,
                       "counts": info["counts"]},
         "training": {"frames_upbound": config["frames_upbound"], "checkpoint": shipped},
         "recipe": Path(args.recipe).read_text() if args.recipe else None,
-        "test": {"split": args.split, "limit": args.limit, "results": results, "relations": relations},
+        "test": {"split": args.split, "limit": args.limit, "results": results, "relations": relations, "multi": multi},
         "table": results_table(results),
         "relation_table": relation_table(relations),
+        "multi_table": multi_table(multi),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")

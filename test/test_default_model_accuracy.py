@@ -15,7 +15,8 @@ import pytest
 
 from video3dllm_core.default_model import DEFAULT_MODEL_DIR, default_model_results, load_default_model
 from video3dllm_training.synthetic_benchmark import GENERATOR_VERSION, make_benchmark
-from video3dllm_training.synthetic_eval import TASKS, baseline_metrics, evaluate_checkpoint, headline, relation_breakdown
+from video3dllm_training.synthetic_eval import (TASKS, baseline_metrics, evaluate_checkpoint, headline, multi_breakdown,
+                                                relation_breakdown)
 
 TOLERANCE = 0.02  # absolute, on fractions: a few flipped argmaxes from another CPU's float32 kernels
 
@@ -50,4 +51,9 @@ def test_shipped_model_reproduces_the_recorded_test_accuracy(tmp_path: Path) -> 
     relations = relation_breakdown(tmp_path / "bench", split, tmp_path / "answers" / "default" / "scanrefer.jsonl")
     for key, value in recorded["test"]["relations"]["default"].items():
         assert abs(relations[key] - value) <= TOLERANCE, (key, relations[key], value)
+    multi = multi_breakdown(tmp_path / "answers" / "default" / "multi3drefer.jsonl")
+    for group, values in recorded["test"]["multi"]["default"].items():
+        assert multi[group]["descriptions"] == values["descriptions"], group
+        for key in ("answered_nothing", "exact", "f1"):
+            assert abs(multi[group][key] - values[key]) <= TOLERANCE, (group, key, multi[group][key], values[key])
     print(json.dumps(report, indent=1))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TASKS", "evaluate_checkpoint", "baseline_metrics", "headline", "results_table", "relation_breakdown",
-           "relation_table"]
+           "relation_table", "multi_breakdown", "multi_table"]
 
 TASKS = ("scanrefer", "multi3drefer", "scanqa", "sqa3d", "scan2cap")
 FILES = {"scanrefer": "scanrefer_vg", "multi3drefer": "multi3drefer", "scanqa": "scanqa", "sqa3d": "sqa3d",
@@ -128,6 +128,38 @@ def relation_breakdown(bench: Path, split: str, answers: Path) -> dict[str, floa
         raise ValueError(f"{answers}: no ScanRefer answers with question_type 'relation'")
     return {"descriptions": n, "right_label": right_label / n, "accuracy": correct / n,
             "accuracy_given_label": correct / right_label if right_label else 0.0, "same_label_chance": chance / n}
+
+
+def multi_breakdown(answers: Path) -> dict[str, dict[str, float]]:
+    """Multi3DRefer answers (JSONL of ``video3dllm eval``) grouped by how many objects the description
+    means ("none", "one", "several"): ``descriptions`` (count), ``answered_nothing`` (fraction whose answer
+    is the empty set), ``exact`` (fraction with every target found and nothing else, F1@0.25 = 1) and
+    ``f1`` (mean F1@0.25). Says whether a low F1 is wrong objects or no answer at all."""
+    import json
+
+    from video3dllm_training.metrics.boxes import multi3drefer_query_f1
+
+    groups: dict[str, list[tuple[bool, float]]] = {"none": [], "one": [], "several": []}
+    for line in answers.read_text().splitlines():
+        row = json.loads(line)
+        truth, pred = row["gt_response"], row["pred_response"]
+        f1 = multi3drefer_query_f1(pred, truth, (0.25,))[0.25]
+        groups["none" if not truth else "one" if len(truth) == 1 else "several"].append((not pred, f1))
+    if not any(groups.values()):
+        raise ValueError(f"{answers}: no Multi3DRefer answers")
+    return {name: {"descriptions": len(rows), "answered_nothing": sum(e for e, _ in rows) / len(rows),
+                   "exact": sum(f == 1.0 for _, f in rows) / len(rows), "f1": sum(f for _, f in rows) / len(rows)}
+            for name, rows in groups.items() if rows}
+
+
+def multi_table(breakdowns: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table of :func:`multi_breakdown` per model and target count (values x100)."""
+    lines = ["| model | targets | descriptions | answered nothing | exact set | F1@0.25 |", "|---|---|---|---|---|---|"]
+    for name, groups in breakdowns.items():
+        for group, b in groups.items():
+            lines.append(f"| {name} | {group} | {int(b['descriptions'])} | {100 * b['answered_nothing']:.1f} | "
+                         f"{100 * b['exact']:.1f} | {100 * b['f1']:.1f} |")
+    return "\n".join(lines)
 
 
 def relation_table(breakdowns: dict[str, dict[str, float]]) -> str:
