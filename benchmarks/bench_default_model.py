@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
         frames = args.frames_upbound or json.loads((Path(path) / "config.json").read_text())["frames_upbound"]
         results[name] = evaluate_checkpoint(name, path, bench, args.split, out, args.limit, frames)
-    relations = {name: relation_breakdown(bench, args.split, out / name / "scanrefer.jsonl") for name in list(results)[1:]}
-    multi = {name: multi_breakdown(out / name / "multi3drefer.jsonl") for name in list(results)[1:]}
+    models = list(results)[1:]  # after the chance/prior row
+    relations = {name: relation_breakdown(bench, args.split, out / name / "scanrefer.jsonl") for name in models}
+    multi = {name: multi_breakdown(out / name / "multi3drefer.jsonl") for name in models}
     (out / "results.json").write_text(json.dumps({"split": args.split, "limit": args.limit, "results": results,
                                                   "relations": relations, "multi": multi}, indent=2) + "\n")
     print(f"split {args.split}" + (f", first {args.limit} questions per task" if args.limit else "") + " (values x100)")

@@ -99,10 +99,9 @@ def relation_breakdown(bench: Path, split: str, answers: Path) -> dict[str, floa
     ``same_label_chance`` (mean of 1 / objects of the target's label: a uniform pick among them). Accuracy
     at that chance means the label was found and the relation not resolved (fractions; ``descriptions``: count).
     """
-    import json
-
     from video3dllm_training.data import load_box_file
     from video3dllm_training.data.annotations import load_annotations
+    from video3dllm_training.evaluate import read_answers
     from video3dllm_training.relations import load_scene_objects
 
     anns = load_annotations(bench / "processed" / f"scanrefer_vg_{split}_llava_style.json")
@@ -111,8 +110,7 @@ def relation_breakdown(bench: Path, split: str, answers: Path) -> dict[str, floa
     objects: dict[str, Any] = {}
     n = right_label = correct = 0
     chance = 0.0
-    for line in answers.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_answers(answers):
         if row.get("question_type") != "relation":
             continue
         scene = row["scene_id"]
@@ -135,13 +133,11 @@ def multi_breakdown(answers: Path) -> dict[str, dict[str, float]]:
     means ("none", "one", "several"): ``descriptions`` (count), ``answered_nothing`` (fraction whose answer
     is the empty set), ``exact`` (fraction with every target found and nothing else, F1@0.25 = 1) and
     ``f1`` (mean F1@0.25). Says whether a low F1 is wrong objects or no answer at all."""
-    import json
-
+    from video3dllm_training.evaluate import read_answers
     from video3dllm_training.metrics.boxes import multi3drefer_query_f1
 
     groups: dict[str, list[tuple[bool, float]]] = {"none": [], "one": [], "several": []}
-    for line in answers.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_answers(answers):
         truth, pred = row["gt_response"], row["pred_response"]
         f1 = multi3drefer_query_f1(pred, truth, (0.25,))[0.25]
         groups["none" if not truth else "one" if len(truth) == 1 else "several"].append((not pred, f1))

@@ -361,15 +361,7 @@ def propose_boxes(
         return Proposals.empty()
     voxels_per_cluster = np.bincount(labels_kept[labels_kept >= 0], minlength=n_clusters)
 
-    point_label = voxel_label[voxel_of_point]
-    on = point_label >= 0
-    lab = point_label[on]
-    p_on = pts[on]
-    lo = np.full((n_clusters, 3), np.inf)
-    hi = np.full((n_clusters, 3), -np.inf)
-    np.minimum.at(lo, lab, p_on)
-    np.maximum.at(hi, lab, p_on)
-    num_points = np.bincount(lab, minlength=n_clusters)
+    lo, hi, num_points, cluster_colors = _measure_labelled(voxel_label, voxel_of_point, pts, cols, n_clusters)
 
     sizes = hi - lo
     largest = sizes.max(axis=1)
@@ -385,11 +377,8 @@ def propose_boxes(
         keep &= ~_nested_fragments(lo, hi, keep, cfg.nested_inside_fraction, cfg.nested_volume_ratio, cfg.voxel_m)
     idx = np.flatnonzero(keep)
     lo_k, hi_k = lo[idx], hi[idx]
-    counts = num_points[idx].astype(np.int64)
-    mean_colors = None
-    if cols is not None:
-        sums = np.stack([np.bincount(lab, weights=cols[on][:, a].astype(np.float64), minlength=n_clusters) for a in range(3)], axis=1)
-        mean_colors = np.round(sums[idx] / np.maximum(num_points[idx], 1)[:, None]).astype(np.uint8)
+    counts = num_points[idx]
+    mean_colors = cluster_colors[idx] if cluster_colors is not None else None
     extended = np.zeros(len(idx), dtype=bool)
     # Split-out supports and what stands on them (step 8): measured now, appended after the twins.
     parts = _stacked_parts(vox, voxel_label, idx, cfg) if cfg.split_stacked else []
@@ -411,13 +400,7 @@ def propose_boxes(
         voxel_part = np.full(len(vox), -1, dtype=np.int64)
         for k, (voxels, _, _) in enumerate(parts):
             voxel_part[voxels] = k
-        point_part = voxel_part[voxel_of_point]
-        in_part = point_part >= 0
-        p_lab, p_pts = point_part[in_part], pts[in_part]
-        lo_p = np.full((len(parts), 3), np.inf)
-        hi_p = np.full((len(parts), 3), -np.inf)
-        np.minimum.at(lo_p, p_lab, p_pts)
-        np.maximum.at(hi_p, p_lab, p_pts)
+        lo_p, hi_p, n_p, part_colors = _measure_labelled(voxel_part, voxel_of_point, pts, cols, len(parts))
         bottoms, tops = np.array([b for _, b, _ in parts]), np.array([t for _, _, t in parts])
         rests = np.isfinite(bottoms)  # stands on a support: its bottom is the support's top
         lo_p[rests, 2] = np.minimum(lo_p[rests, 2], bottoms[rests])
@@ -426,13 +409,10 @@ def propose_boxes(
         if cfg.snap_to_floor:
             snap = ~rests & (lo_p[:, 2] <= floor_z + cfg.floor_snap_m)
             lo_p[snap, 2] = np.minimum(lo_p[snap, 2], floor_z)
-        n_p = np.bincount(p_lab, minlength=len(parts)).astype(np.int64)
         lo_k, hi_k = np.concatenate([lo_k, lo_p]), np.concatenate([hi_k, hi_p])
         counts = np.concatenate([counts, n_p])
-        if mean_colors is not None and cols is not None:
-            c_on = cols[in_part].astype(np.float64)
-            sums_p = np.stack([np.bincount(p_lab, weights=c_on[:, a], minlength=len(parts)) for a in range(3)], axis=1)
-            mean_colors = np.concatenate([mean_colors, np.round(sums_p / np.maximum(n_p, 1)[:, None]).astype(np.uint8)])
+        if mean_colors is not None and part_colors is not None:
+            mean_colors = np.concatenate([mean_colors, part_colors])
         extended = np.concatenate([extended, np.zeros(len(parts), dtype=bool)])
         stacked = np.concatenate([stacked, np.ones(len(parts), dtype=bool)])
     centers = (lo_k + hi_k) / 2.0
@@ -447,6 +427,25 @@ def propose_boxes(
         floor_extended=extended[order],
         stacked_part=stacked[order],
     )
+
+
+def _measure_labelled(voxel_label: np.ndarray, voxel_of_point: np.ndarray, points: np.ndarray,
+                      colors: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Per label 0..n-1 of the voxels (-1: none), measured on the full-resolution points of its voxels:
+    box corners lo, hi [n, 3], point counts [n] (int64) and mean colours [n, 3] uint8 (None without colours)."""
+    point_label = voxel_label[voxel_of_point]
+    on = point_label >= 0
+    lab = point_label[on]
+    lo = np.full((n, 3), np.inf)
+    hi = np.full((n, 3), -np.inf)
+    np.minimum.at(lo, lab, points[on])
+    np.maximum.at(hi, lab, points[on])
+    counts = np.bincount(lab, minlength=n).astype(np.int64)
+    mean_colors = None
+    if colors is not None:
+        sums = np.stack([np.bincount(lab, weights=colors[on][:, a].astype(np.float64), minlength=n) for a in range(3)], axis=1)
+        mean_colors = np.round(sums / np.maximum(counts, 1)[:, None]).astype(np.uint8)
+    return lo, hi, counts, mean_colors
 
 
 def _stacked_parts(vox: np.ndarray, voxel_label: np.ndarray, clusters: np.ndarray,
