@@ -11,7 +11,8 @@ metrics, computes the chance/prior rows (`video3dllm_training.baselines`), print
 and per question type) and writes `<out>/results.json`. Answers are resumable per model and task.
 A second table splits ScanRefer's relation descriptions into finding the named label and resolving
 the relation among the objects of that label (`relation_breakdown`); a third groups Multi3DRefer's
-descriptions by how many objects they mean and counts empty answers and exact sets (`multi_breakdown`).
+descriptions by how many objects they mean and counts empty answers and exact sets (`multi_breakdown`);
+a fourth says how often a Scan2Cap caption names the object's colour and label and is exact (`caption_breakdown`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from video3dllm_training.synthetic_eval import (  # noqa: E402
     baseline_metrics,
+    caption_breakdown,
+    caption_table,
     evaluate_checkpoint,
     multi_breakdown,
     multi_table,
@@ -60,21 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     models = list(results)[1:]  # after the chance/prior row
     relations = {name: relation_breakdown(bench, args.split, out / name / "scanrefer.jsonl") for name in models}
     multi = {name: multi_breakdown(out / name / "multi3drefer.jsonl") for name in models}
+    captions = {name: caption_breakdown(out / name / "scan2cap.jsonl") for name in models}
     (out / "results.json").write_text(json.dumps({"split": args.split, "limit": args.limit, "results": results,
-                                                  "relations": relations, "multi": multi}, indent=2) + "\n")
+                                                  "relations": relations, "multi": multi, "captions": captions},
+                                                 indent=2) + "\n")
     print(f"split {args.split}" + (f", first {args.limit} questions per task" if args.limit else "") + " (values x100)")
     print(results_table(results))
     print("\nScanRefer relation descriptions (values x100)")
     print(relation_table(relations))
     print("\nMulti3DRefer descriptions by number of targets (values x100)")
     print(multi_table(multi))
+    print("\nScan2Cap captions: the object named, the caption exact (values x100)")
+    print(caption_table(captions))
     if args.record:
-        record(Path(args.record), bench, args, results, relations, multi)
+        record(Path(args.record), bench, args, results, relations, multi, captions)
     return 0
 
 
 def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str, Any],
-           relations: dict[str, dict[str, float]], multi: dict[str, dict[str, dict[str, float]]]) -> None:
+           relations: dict[str, dict[str, float]], multi: dict[str, dict[str, dict[str, float]]],
+           captions: dict[str, dict[str, float]]) -> None:
     """results.json of the embedded default model: how the benchmark and model were made, what they score."""
     info = json.loads((bench / "benchmark.json").read_text())
     width, height = info["image_size"]
@@ -91,10 +99,12 @@ def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str,
                       "counts": info["counts"]},
         "training": {"frames_upbound": config["frames_upbound"], "checkpoint": shipped},
         "recipe": Path(args.recipe).read_text() if args.recipe else None,
-        "test": {"split": args.split, "limit": args.limit, "results": results, "relations": relations, "multi": multi},
+        "test": {"split": args.split, "limit": args.limit, "results": results, "relations": relations, "multi": multi,
+                 "captions": captions},
         "table": results_table(results),
         "relation_table": relation_table(relations),
         "multi_table": multi_table(multi),
+        "caption_table": caption_table(captions),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n")

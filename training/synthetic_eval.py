@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TASKS", "evaluate_checkpoint", "baseline_metrics", "headline", "results_table", "relation_breakdown",
-           "relation_table", "multi_breakdown", "multi_table"]
+           "relation_table", "multi_breakdown", "multi_table", "caption_breakdown", "caption_table"]
 
 TASKS = ("scanrefer", "multi3drefer", "scanqa", "sqa3d", "scan2cap")
 FILES = {"scanrefer": "scanrefer_vg", "multi3drefer": "multi3drefer", "scanqa": "scanqa", "sqa3d": "sqa3d",
@@ -155,6 +155,49 @@ def multi_table(breakdowns: dict[str, dict[str, dict[str, float]]]) -> str:
         for group, b in groups.items():
             lines.append(f"| {name} | {group} | {int(b['descriptions'])} | {100 * b['answered_nothing']:.1f} | "
                          f"{100 * b['exact']:.1f} | {100 * b['f1']:.1f} |")
+    return "\n".join(lines)
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().strip().rstrip(".").split()
+
+
+def caption_breakdown(answers: Path) -> dict[str, float]:
+    """Scan2Cap answers (JSONL of ``video3dllm eval`` on a synthetic benchmark) by what the caption gets
+    right: ``captions`` (count), ``colour`` / ``label`` (fraction whose caption starts "a <colour> <label>"
+    with the object's colour / label, read off the plain reference "a <colour> <label>." - the shortest
+    one), ``object`` (both) and ``exact`` (the caption equals one of the references, case and a final full
+    stop ignored: what `video3dllm demo` counts as correct). CIDEr alone does not say whether the object
+    was named."""
+    from video3dllm_training.evaluate import read_answers
+
+    rows = [r for r in read_answers(answers) if r.get("gt_response")]
+    if not rows:
+        raise ValueError(f"{answers}: no Scan2Cap answers with references")
+    counts = {"colour": 0, "label": 0, "object": 0, "exact": 0}
+    for row in rows:
+        refs = [_words(str(r)) for r in row["gt_response"]]
+        plain = min(refs, key=len)
+        if len(plain) < 3 or plain[0] != "a":
+            raise ValueError(f"{answers}: row {row.get('question_id', row.get('id'))}: no plain reference "
+                             f"'a <colour> <label>.' among {row['gt_response']}")
+        colour, label = plain[1], plain[2:]
+        pred = _words(str(row.get("pred_response") or ""))
+        colour_ok = pred[:2] == ["a", colour]
+        label_ok = len(pred) >= 2 + len(label) and pred[2:2 + len(label)] == label
+        counts["colour"] += colour_ok
+        counts["label"] += label_ok
+        counts["object"] += colour_ok and label_ok
+        counts["exact"] += pred in refs
+    return {"captions": len(rows), **{k: v / len(rows) for k, v in counts.items()}}
+
+
+def caption_table(breakdowns: dict[str, dict[str, float]]) -> str:
+    """Markdown table of :func:`caption_breakdown` per model (values x100)."""
+    lines = ["| model | captions | right colour | right label | both | exact caption |", "|---|---|---|---|---|---|"]
+    for name, b in breakdowns.items():
+        lines.append(f"| {name} | {int(b['captions'])} | {100 * b['colour']:.1f} | {100 * b['label']:.1f} | "
+                     f"{100 * b['object']:.1f} | {100 * b['exact']:.1f} |")
     return "\n".join(lines)
 
 
