@@ -54,7 +54,9 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
         ids = batch.input_ids[i, :n].tolist()
         visual = m.encode_frames(batch.crop_rgb[i], batch.world_coords[i], batch.patch_world_coords[i])
         coord = batch.coord_xyz[i]
-        merged = m.build_inputs_embeds(ids, visual, coord_xyz=None if coord is None else coord.tolist())
+        size = batch.coord_size_m[i] if batch.coord_size_m else None
+        merged = m.build_inputs_embeds(ids, visual, coord_xyz=None if coord is None else coord.tolist(),
+                                       coord_size_m=None if size is None else size.tolist())
         labels = batch.labels[i, :n].to(merged.embeds.device)
         start, end = merged.image_start, merged.image_end
         block = torch.full((end - start,), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
