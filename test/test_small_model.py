@@ -28,8 +28,7 @@ def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
-                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"]),
-                        ("coord_object", ["--coord-feature-type", "object"])):
+                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -112,43 +111,6 @@ def test_box_size_embedding_is_the_learned_map_of_the_log_size(models: dict[str,
         model.ground_head.box_size.bias.add_(1.0)  # type: ignore[union-attr]
     again = Video3DLLM.from_pretrained(save_checkpoint(model, tmp_path / "saved"), device="cpu")
     torch.testing.assert_close(again.ground_head.box_size.bias, model.ground_head.box_size.bias)  # type: ignore[union-attr]
-
-
-def test_coord_object_feature_adds_the_box_patch_mean_and_size_to_the_location(models: dict[str, Path]) -> None:
-    model = Video3DLLM.from_pretrained(models["coord_object"], device="cpu")
-    plain = Video3DLLM.from_pretrained(models["pe"], device="cpu")
-    assert model.config.coord_object_feature and not plain.config.coord_object_feature
-    assert json.loads((models["coord_object"] / "config.json").read_text())["coord_feature_type"] == "object"
-    rng = np.random.default_rng(3)
-    crops = rng.integers(0, 256, (2, 384, 384, 3), dtype=np.uint8)
-    coords = np.full((2, 384, 384, 3), 5.0, dtype=np.float32)  # outside the box ...
-    coords[:, :, :13 * 14] = rng.uniform(0.1, 0.9, (2, 384, 13 * 14, 3))  # ... but the first 13 patch columns
-    centre, size = (0.5, 0.5, 0.5), (1.0, 1.0, 1.0)
-    tokenizer = model.tokenizer
-    ids = [-200, *tokenizer(" Given an object located at <coord> , describe the object in detail.").input_ids]
-    with torch.no_grad():
-        visual = model.encode_frames(crops, coords)
-        grid = model.vision_tower.grid
-        patch_mean = visual.projected.reshape(2, grid, grid, -1)[:, :, :13].reshape(-1, model.hidden_size).mean(0)
-        w, b = model.ground_head.box_size.weight, model.ground_head.box_size.bias  # type: ignore[union-attr]
-        size_embedding = torch.log(torch.tensor(size)) @ w.T + b
-        location = model.location_embedding(centre)[1]
-        expected = location + patch_mean + size_embedding
-        torch.testing.assert_close(model.coord_embedding(visual, centre, size), expected, rtol=1e-5, atol=1e-5)
-        # the merged input: the <coord> token's own embedding plus that
-        token = model.language_model.get_input_embeddings().weight[model.config.coord_token_ids[0]]
-        merged = model.build_inputs_embeds(ids, visual, coord_xyz=centre, coord_size_m=size)
-        (coord_at,) = merged.token_positions(model.config.coord_token_ids)
-        torch.testing.assert_close(merged.embeds[coord_at], token + expected, rtol=1e-5, atol=1e-5)
-        # a bare point, and upstream's 'pe', give the location embedding alone
-        torch.testing.assert_close(model.coord_embedding(visual, centre), location)
-        torch.testing.assert_close(plain.coord_embedding(visual, centre, size), plain.location_embedding(centre)[1])
-        with pytest.raises(ValueError, match="box size must be 3 numbers"):
-            model.coord_embedding(visual, centre, (1.0, 1.0))
-    raw = json.loads((models["coord_object"] / "config.json").read_text())
-    raw["coord_feature_type"] = "box"
-    with pytest.raises(ConfigError, match="coord_feature_type 'box' not supported.*'object'"):
-        Video3DLLMConfig.from_dict(raw)
 
 
 def test_tokenizer_learns_the_benchmark_words(bench: Path, models: dict[str, Path]) -> None:

@@ -201,8 +201,8 @@ def _answer_one(model: Video3DLLM, tokenizer: Any, ann: Annotation, prompt: Any,
         record.update(pred_response="", pred_box=None, gt_response=list(ann.references),
                       gt_box=None if ann.gt_box is None else list(ann.gt_box))
         return record
-    coord, size = (None, None) if ann.task is not Task.SCAN2CAP else (list(ann.box_input[:3]), list(ann.box_input[3:6]))  # type: ignore[index]
-    merged = model.build_inputs_embeds(prompt.input_ids, visual, coord_xyz=coord, coord_size_m=size)
+    coord = None if ann.task is not Task.SCAN2CAP else list(ann.box_input[:3])  # type: ignore[index]
+    merged = model.build_inputs_embeds(prompt.input_ids, visual, coord_xyz=coord)
     generated = model.generate(merged, max_new_tokens=max_new_tokens, num_beams=num_beams, prefix=prefix)
     text = tokenizer.decode(generated.token_ids, skip_special_tokens=True).strip()
     record["pred_response"] = text

@@ -54,9 +54,7 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
         ids = batch.input_ids[i, :n].tolist()
         visual = m.encode_frames(batch.crop_rgb[i], batch.world_coords[i], batch.patch_world_coords[i])
         coord = batch.coord_xyz[i]
-        size = batch.coord_size_m[i] if batch.coord_size_m else None
-        merged = m.build_inputs_embeds(ids, visual, coord_xyz=None if coord is None else coord.tolist(),
-                                       coord_size_m=None if size is None else size.tolist())
+        merged = m.build_inputs_embeds(ids, visual, coord_xyz=None if coord is None else coord.tolist())
         labels = batch.labels[i, :n].to(merged.embeds.device)
         start, end = merged.image_start, merged.image_end
         block = torch.full((end - start,), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)

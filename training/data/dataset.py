@@ -11,7 +11,7 @@ One sample = one annotation (`annotations.Annotation`) turned into what the mode
 * grounding (ScanRefer, Multi3DRefer): the scene's candidate boxes [N,6] (ground truth for
   training, detector proposals for validation) and the indices of the target boxes among them
   (empty = the "no object" target);
-* Scan2Cap: `coord_xyz` and `coord_size_m`, the centre and size of `box_input`, for `<coord>`.
+* Scan2Cap: `coord_xyz`, the centre of `box_input`, added at `<coord>`.
 
 `Collator` pads ids (pad id) and labels (IGNORE_INDEX) to the longest sample with an attention
 mask, as upstream's `DataCollatorForSupervisedDataset`; frames stay per-sample lists because
@@ -129,8 +129,7 @@ class Sample:
     patch_world_coords: torch.Tensor  # [V, g, g, 3] float32
     boxes: torch.Tensor | None = None  # [N, 6] float32 candidate boxes (grounding)
     ground_targets: tuple[int, ...] | None = None  # target indices among boxes; () = no object
-    coord_xyz: torch.Tensor | None = None  # [3] float32 (Scan2Cap: box_input's centre)
-    coord_size_m: torch.Tensor | None = None  # [3] float32 (Scan2Cap: box_input's size)
+    coord_xyz: torch.Tensor | None = None  # [3] float32 (Scan2Cap)
     description_ids: tuple[int, ...] | None = None  # distinct token ids of a grounding description (training)
     frame_names: tuple[str, ...] = ()
     prompt: PromptIds | None = field(default=None, repr=False)
@@ -156,7 +155,6 @@ class Batch:
     boxes: list[torch.Tensor | None]
     ground_targets: list[tuple[int, ...] | None]
     coord_xyz: list[torch.Tensor | None]
-    coord_size_m: list[torch.Tensor | None] = field(default_factory=list)
     description_ids: list[tuple[int, ...] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -227,7 +225,6 @@ class Video3DDataset(Dataset[Sample]):
                     raise ValueError(f"{where}: scan2cap training sample without 'box_input'")
             else:
                 sample.coord_xyz = torch.tensor(ann.box_input[:3], dtype=torch.float32)
-                sample.coord_size_m = torch.tensor(ann.box_input[3:6], dtype=torch.float32)
         return sample
 
 
@@ -264,7 +261,6 @@ class Collator:
             boxes=[s.boxes for s in samples],
             ground_targets=[s.ground_targets for s in samples],
             coord_xyz=[s.coord_xyz for s in samples],
-            coord_size_m=[s.coord_size_m for s in samples],
             description_ids=[s.description_ids for s in samples],
         )
 

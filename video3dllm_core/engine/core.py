@@ -541,10 +541,10 @@ class SceneEngine:
 
     # ------------------------------------------------------------------ tasks
     def _generate(self, ids: list[int], state: _SetState, prefix: VisualPrefix, coord_xyz: Any,
-                  timings: dict[str, float], coord_size_m: Any = None) -> tuple[str, list[str]]:
+                  timings: dict[str, float]) -> tuple[str, list[str]]:
         t = time.perf_counter()
         assert state.visual is not None
-        merged = self.model.build_inputs_embeds(ids, state.visual, coord_xyz=coord_xyz, coord_size_m=coord_size_m)
+        merged = self.model.build_inputs_embeds(ids, state.visual, coord_xyz=coord_xyz)
         out = self.model.generate(merged, max_new_tokens=self.config.max_new_tokens, prefix=prefix)
         tokens = [t_ for t_ in out.token_ids if t_ not in self.model.eos_token_ids]
         text = str(self.model.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
@@ -596,14 +596,14 @@ class SceneEngine:
             cands = None
             warnings.append(f"{exc}; captioning at the target point itself")
         objects_out: tuple[GroundedObject, ...] = ()
-        location, size = target_scene, None
+        location = target_scene
         if cands is not None:
             index, distance = _box_for_point(cands.centers_scene, cands.sizes_scene, target_scene)
-            location, size = cands.centers_scene[index], np.asarray(cands.sizes_scene[index], dtype=np.float32)
+            location = cands.centers_scene[index]
             objects_out = (_grounded(cands, index, 1.0 if distance == 0.0 else 0.0),)
             if distance > 0.0:
                 warnings.append(f"no candidate box contains target_xyz; the nearest one ({distance:.2f} m away) is described")
-        text, more = self._generate(ids, state, prefix, np.asarray(location, dtype=np.float32), timings, size)
+        text, more = self._generate(ids, state, prefix, np.asarray(location, dtype=np.float32), timings)
         return Answer(text=text, objects=objects_out, warnings=tuple(warnings + more), **base)
 
 

@@ -114,7 +114,6 @@ class Video3DLLMConfig:
     min_xyz_range: tuple[float, float, float] = (-15.0, -15.0, -5.0)
     max_xyz_range: tuple[float, float, float] = (15.0, 15.0, 5.0)
     object_feature_type: str = "patch14-pe"
-    coord_feature_type: str = "pe"
     ground_head_type: str | None = "infonce"
     ground_token_ids: tuple[int, ...] = ()
     coord_token_ids: tuple[int, ...] = ()
@@ -137,14 +136,6 @@ class Video3DLLMConfig:
         """True for ``object_feature_type: patch14-pe-size`` (our extension, not an upstream value): object
         features also carry a learned embedding of the box's log size (``GroundingHead.size_embedding``)."""
         return self.object_feature_type == "patch14-pe-size"
-
-    @property
-    def coord_object_feature(self) -> bool:
-        """True for ``coord_feature_type: object`` (our extension, not an upstream key): the Scan2Cap ``<coord>``
-        token gets, besides the location embedding of the box centre (upstream's ``pe``), the box's object
-        feature without its centre term - the mean patch feature inside the box and, with ``patch14-pe-size``,
-        the size embedding - so that the decoder reads what is in the box from the token itself."""
-        return self.coord_feature_type == "object"
 
     @property
     def discrete_positions(self) -> bool:
@@ -177,7 +168,6 @@ class Video3DLLMConfig:
             min_xyz_range=_xyz(raw, "min_xyz_range"),
             max_xyz_range=_xyz(raw, "max_xyz_range"),
             object_feature_type=str(get("object_feature_type") or "patch14-pe"),
-            coord_feature_type=str(get("coord_feature_type") or "pe"),
             ground_head_type=get("ground_head_type"),
             ground_token_ids=tuple(int(i) for i in (get("ground_token_ids") or ())),
             coord_token_ids=tuple(int(i) for i in (get("coord_token_ids") or ())),
@@ -223,11 +213,6 @@ class Video3DLLMConfig:
             raise ConfigError(
                 f"config.json: object_feature_type {self.object_feature_type!r} not supported (use 'patch14-pe', "
                 "or 'patch14-pe-size' for the box size embedding of models trained here)"
-            )
-        if self.coord_feature_type not in ("pe", "object"):
-            raise ConfigError(
-                f"config.json: coord_feature_type {self.coord_feature_type!r} not supported (use 'pe', upstream's "
-                "location embedding of the Scan2Cap box, or 'object' to add the box's object feature)"
             )
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")

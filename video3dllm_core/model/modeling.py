@@ -286,32 +286,12 @@ class Video3DLLM(nn.Module):
         coords = self.pe_coords(point[None])[0]
         return coords, sin3d_embedding(coords[None], self.hidden_size)[0]
 
-    def coord_embedding(self, visual: VisualFeatures | None, xyz: Any, size_m: Any = None) -> torch.Tensor:
-        """[H] float32 added to the ``<coord>`` token: the location embedding of the box centre ``xyz``
-        (upstream), plus, for ``coord_feature_type: object`` when the box size and the frames are given, the
-        box's object feature without its centre term (mean patch feature inside the box, size embedding).
-        Without a size (a bare point) such a model gets the location embedding alone."""
-        location = self.location_embedding(xyz)[1]
-        if not self.config.coord_object_feature or size_m is None or visual is None:
-            return location
-        size = np.asarray(size_m, dtype=np.float32).reshape(-1)
-        if size.shape != (3,):
-            raise ValueError(f"a box size must be 3 numbers (metres), got shape {size.shape}")
-        box = np.concatenate([np.asarray(xyz, dtype=np.float32).reshape(3), size])[None]
-        objects = self.object_features(visual, box)
-        extra = objects.before_pe[0].to(torch.float32)
-        if objects.size_embedding is not None:
-            extra = extra + objects.size_embedding[0].to(torch.float32)
-        return location + extra
-
     # ------------------------------------------------------------------ sequence
     def build_inputs_embeds(self, input_ids: Any, visual: VisualFeatures | None,
-                            coord_xyz: Any = None, coord_size_m: Any = None) -> MergedInputs:
-        """Merged decoder input for one query; ``coord_xyz`` is the Scan2Cap location of ``<coord>`` (the box
-        centre, scene frame, metres) and ``coord_size_m`` the box's size, which ``coord_feature_type: object``
-        models use (:meth:`coord_embedding`)."""
+                            coord_xyz: Any = None) -> MergedInputs:
+        """Merged decoder input for one query; ``coord_xyz`` is the Scan2Cap location of ``<coord>``."""
         ids = [int(i) for i in (input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids)]
-        coord_pe = None if coord_xyz is None else self.coord_embedding(visual, coord_xyz, coord_size_m)
+        coord_pe = None if coord_xyz is None else self.location_embedding(coord_xyz)[1]
         coord_id = self.config.coord_token_ids[0] if self.config.coord_token_ids else None
         return merge_sequence(
             ids, self.language_model.get_input_embeddings(), None if visual is None else visual.image_block,
