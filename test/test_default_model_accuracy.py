@@ -15,8 +15,8 @@ import pytest
 
 from video3dllm_core.default_model import DEFAULT_MODEL_DIR, default_model_results, load_default_model
 from video3dllm_training.synthetic_benchmark import GENERATOR_VERSION, make_benchmark
-from video3dllm_training.synthetic_eval import (TASKS, baseline_metrics, evaluate_checkpoint, headline, multi_breakdown,
-                                                relation_breakdown)
+from video3dllm_training.synthetic_eval import (TASKS, baseline_metrics, caption_breakdown, evaluate_checkpoint, headline,
+                                                multi_breakdown, relation_breakdown)
 
 TOLERANCE = 0.02  # absolute, on fractions: a few flipped argmaxes from another CPU's float32 kernels
 
@@ -56,4 +56,9 @@ def test_shipped_model_reproduces_the_recorded_test_accuracy(tmp_path: Path) -> 
         assert multi[group]["descriptions"] == values["descriptions"], group
         for key in ("answered_nothing", "exact", "f1"):
             assert abs(multi[group][key] - values[key]) <= TOLERANCE, (group, key, multi[group][key], values[key])
+    captions = caption_breakdown(tmp_path / "answers" / "default" / "scan2cap.jsonl")
+    want_captions = recorded["test"]["captions"]["default"]
+    assert captions["captions"] == want_captions["captions"]
+    for key in ("colour", "label", "object", "exact"):
+        assert abs(captions[key] - want_captions[key]) <= TOLERANCE, (key, captions[key], want_captions[key])
     print(json.dumps(report, indent=1))
