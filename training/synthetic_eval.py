@@ -158,10 +158,6 @@ def multi_table(breakdowns: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _words(text: str) -> list[str]:
-    return text.lower().strip().rstrip(".").split()
-
-
 def caption_breakdown(answers: Path) -> dict[str, float]:
     """Scan2Cap answers (JSONL of ``video3dllm eval`` on a synthetic benchmark) by what the caption gets
     right: ``captions`` (count), ``colour`` / ``label`` (fraction whose caption starts "a <colour> <label>"
@@ -169,6 +165,7 @@ def caption_breakdown(answers: Path) -> dict[str, float]:
     one), ``object`` (both) and ``exact`` (the caption equals one of the references, case and a final full
     stop ignored: what `video3dllm demo` counts as correct). CIDEr alone does not say whether the object
     was named."""
+    from video3dllm_core.commands.demo import answer_words
     from video3dllm_training.evaluate import read_answers
 
     rows = [r for r in read_answers(answers) if r.get("gt_response")]
@@ -176,15 +173,15 @@ def caption_breakdown(answers: Path) -> dict[str, float]:
         raise ValueError(f"{answers}: no Scan2Cap answers with references")
     counts = {"colour": 0, "label": 0, "object": 0, "exact": 0}
     for row in rows:
-        refs = [_words(str(r)) for r in row["gt_response"]]
+        refs = [answer_words(str(r)).split() for r in row["gt_response"]]
         plain = min(refs, key=len)
         if len(plain) < 3 or plain[0] != "a":
             raise ValueError(f"{answers}: row {row.get('question_id', row.get('id'))}: no plain reference "
                              f"'a <colour> <label>.' among {row['gt_response']}")
         colour, label = plain[1], plain[2:]
-        pred = _words(str(row.get("pred_response") or ""))
+        pred = answer_words(str(row.get("pred_response") or "")).split()
         colour_ok = pred[:2] == ["a", colour]
-        label_ok = len(pred) >= 2 + len(label) and pred[2:2 + len(label)] == label
+        label_ok = pred[2:2 + len(label)] == label
         counts["colour"] += colour_ok
         counts["label"] += label_ok
         counts["object"] += colour_ok and label_ok

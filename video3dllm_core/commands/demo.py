@@ -134,7 +134,8 @@ def demo_queries(spec: Any, shift: np.ndarray, mid_s: float, seed: int) -> tuple
     return specs, truth
 
 
-def _words(text: str) -> str:
+def answer_words(text: str) -> str:
+    """An answer as the demo compares it: lower case, a final full stop dropped, single spaces."""
     return " ".join(text.lower().strip().rstrip(".").split())
 
 
@@ -166,7 +167,7 @@ def add_truth(row: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
         checks.append(not row["objects"])  # "no object" is the right answer
     if truth.get("text") is not None:
         expected = [truth["text"], *truth.get("alternatives", [])]
-        checks.append(_words(str(row.get("text", ""))) in {_words(t) for t in expected})
+        checks.append(answer_words(str(row.get("text", ""))) in {answer_words(t) for t in expected})
     row["correct"] = None if row.get("error") else all(checks)
     return row
 
