@@ -9,12 +9,17 @@ starting value for thousands of steps. This benchmark isolates that: ScanRefer o
 * ``qk x4``: query/key projections x4 (``init-model --attention-init-scale 4``, the default now);
 * ``qk x4 + recall``: both (the default model's recipe).
 
+``--content-scales 1,4,16`` replaces the four settings by ``qk x4 + recall`` with the projector's output
+multiplied by each factor (video tokens and the object features' patch mean alike, the 3D position
+embedding unchanged): whether the decoder reads the appearance better when it is a larger part of a
+token (`probe_object_features.py`'s spread column shows it is 3-10 % of what distinguishes objects).
+
 Speed: the vision tower is frozen here (as in the recipe of the time), so its outputs and the patch-in-box
 masks are computed once per scene and reused; projector, decoder and heads train exactly as in
 ``video3dllm train`` (the ``merge_sequence`` splice of ``build_inputs_embeds``, ``infonce_loss``, ``description_recall_loss``, AdamW
 with warmup and cosine decay, gradient clipping 1). The table reports the argmax accuracy over the ground-truth
 candidates on the validation rooms (the share of descriptions whose target scores highest), its ratio to
-the ``qk x1`` baseline of the same run, and chance.
+the ``qk x1`` baseline of the same run (with ``--content-scales``, the first factor), and chance.
 
     python benchmarks/bench_grounding_plateau.py --benchmark default_model_work/bench --steps 1500
 
@@ -42,6 +47,8 @@ from video3dllm_training.loss import description_recall_loss, infonce_loss
 from video3dllm_training.small_model import init_small_model
 
 SETTINGS = (("qk x1", 1.0, 0.0), ("qk x1 + recall", 1.0, 1.0), ("qk x4", 4.0, 0.0), ("qk x4 + recall", 4.0, 1.0))
+# name, query/key init scale, recall weight, projector output factor
+Setting = tuple[str, float, float, float]
 
 
 def _samples(model: Video3DLLM, bench: Path, split: str, frames: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -68,7 +75,8 @@ def _samples(model: Video3DLLM, bench: Path, split: str, frames: int) -> tuple[d
     return scenes, samples
 
 
-def _forward(model: Video3DLLM, batch: list[dict[str, Any]], scenes: dict[str, Any]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _forward(model: Video3DLLM, batch: list[dict[str, Any]], scenes: dict[str, Any],
+             content_scale: float = 1.0) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Grounding scores per sample and the decoder's final hidden states at <ground> [B, H]."""
     embed = model.language_model.get_input_embeddings()
     grid, stride = model.vision_tower.grid, model.config.mm_spatial_pool_stride
@@ -77,7 +85,7 @@ def _forward(model: Video3DLLM, batch: list[dict[str, Any]], scenes: dict[str, A
     for smp in batch:
         scene = scenes[smp["scene"]]
         if smp["scene"] not in visual:
-            projected = model.mm_projector(scene["siglip"])
+            projected = content_scale * model.mm_projector(scene["siglip"])
             block = image_block(pool_features(projected, grid, stride) + scene["pe"], model.image_newline)
             visual[smp["scene"]] = (block, mean_selected_features(projected, scene["mask"]) + scene["center_pe"])
         block, objects = visual[smp["scene"]]
@@ -99,12 +107,12 @@ def _forward(model: Video3DLLM, batch: list[dict[str, Any]], scenes: dict[str, A
 
 
 @torch.no_grad()
-def _accuracy(model: Video3DLLM, samples: list[dict[str, Any]], scenes: dict[str, Any]) -> float:
+def _accuracy(model: Video3DLLM, samples: list[dict[str, Any]], scenes: dict[str, Any], content_scale: float = 1.0) -> float:
     model.eval()
     hits = total = 0
     for i in range(0, len(samples), 16):
         batch = samples[i:i + 16]
-        for smp, scores in zip(batch, _forward(model, batch, scenes)[0]):
+        for smp, scores in zip(batch, _forward(model, batch, scenes, content_scale)[0]):
             if smp["targets"]:
                 total += 1
                 hits += int(int(torch.argmax(scores[:-1])) in smp["targets"])
@@ -113,7 +121,8 @@ def _accuracy(model: Video3DLLM, samples: list[dict[str, Any]], scenes: dict[str
 
 
 def _train(model: Video3DLLM, train: tuple[dict[str, Any], list[dict[str, Any]]], val: tuple[dict[str, Any], list[dict[str, Any]]],
-           steps: int, recall_weight: float, lr: float, batch_size: int, seed: int, every: int) -> list[float]:
+           steps: int, recall_weight: float, lr: float, batch_size: int, seed: int, every: int,
+           content_scale: float = 1.0) -> list[float]:
     torch.manual_seed(seed)
     model.requires_grad_(True)
     model.vision_tower.requires_grad_(False)
@@ -128,7 +137,7 @@ def _train(model: Video3DLLM, train: tuple[dict[str, Any], list[dict[str, Any]]]
     curve = []
     for step in range(1, steps + 1):
         batch = [samples[i] for i in rng.choice(len(samples), batch_size, replace=False)]
-        scores, hidden = _forward(model, batch, scenes)
+        scores, hidden = _forward(model, batch, scenes, content_scale)
         loss = torch.stack([infonce_loss(s, smp["targets"]) for s, smp in zip(scores, batch)]).mean()
         if recall_weight:
             logits = model.logits(hidden)
@@ -140,7 +149,7 @@ def _train(model: Video3DLLM, train: tuple[dict[str, Any], list[dict[str, Any]]]
         opt.step()
         sched.step()
         if step % every == 0 or step == steps:
-            curve.append(_accuracy(model, *reversed(val)))
+            curve.append(_accuracy(model, *reversed(val), content_scale))
     return curve
 
 
@@ -157,11 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--object-feature-type", default="patch14-pe", choices=("patch14-pe", "patch14-pe-size"),
                    help="the fresh models' object features (default patch14-pe: the documented table predates the box "
                         "size embedding that init-model now adds)")
+    p.add_argument("--content-scales", default=None,
+                   help="comma-separated factors: run 'qk x4 + recall' with the projector output scaled by each instead")
     args = p.parse_args(argv)
+    settings: list[Setting] = [(name, qk, recall, 1.0) for name, qk, recall in SETTINGS]
+    if args.content_scales:
+        try:
+            factors = [float(f) for f in args.content_scales.split(",")]
+        except ValueError:
+            raise SystemExit(f"--content-scales {args.content_scales!r}: expected numbers such as 1,4,16") from None
+        if not factors or any(f <= 0 for f in factors):
+            raise SystemExit(f"--content-scales {args.content_scales!r}: factors must be > 0")
+        settings = [(f"content x{f:g}", 4.0, 1.0, f) for f in factors]
     torch.set_num_threads(1)
     rows = []
     cached: dict[str, Any] = {}
-    for name, scale, recall in SETTINGS:
+    for name, scale, recall, content in settings:
         start = time.perf_counter()
         path = init_small_model(args.benchmark, args.work / f"init_qk{scale:g}", seed=args.seed, attention_init_scale=scale,
                                 overrides={"object_feature_type": args.object_feature_type})
@@ -171,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             cached = {"tower": tower, "train": _samples(model, args.benchmark, "train", args.frames),
                       "val": _samples(model, args.benchmark, "val", args.frames)}
         assert all(torch.equal(tower[k], cached["tower"][k]) for k in tower), "the fresh models' towers differ"
-        curve = _train(model, cached["train"], cached["val"], args.steps, recall, args.lr, args.batch_size, args.seed, args.every)
+        curve = _train(model, cached["train"], cached["val"], args.steps, recall, args.lr, args.batch_size, args.seed, args.every,
+                       content)
         rows.append((name, curve, time.perf_counter() - start))
         print(f"{name}: {[round(c, 3) for c in curve]} ({rows[-1][2]:.0f} s)", file=sys.stderr, flush=True)
     candidates = [len(cached["val"][0][s["scene"]]["mask"]) for s in cached["val"][1] if s["targets"]]

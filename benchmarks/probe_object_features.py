@@ -16,7 +16,10 @@ linear softmax probe on the train rooms and reports its accuracy on the validati
   models; shows how much of the label is size (the benchmark's table, chair, cabinet, bed, sofa and box are all cuboids);
 
 against the majority class of the train rooms (chance row). Targets: the colour, the label (12
-categories) and the label's primitive shape (cuboid, cylinder, sphere or cone).
+categories) and the label's primitive shape (cuboid, cylinder, sphere or cone). The ``spread`` column is
+how much the part varies between objects (root mean square distance from its mean over the validation
+objects): a probe standardises every feature, the decoder and the head do not, so a part that carries
+the colour with a spread of 0.05 next to a centre embedding of norm ~10 is nearly invisible to them.
 
     python benchmarks/probe_object_features.py --benchmark default_model_work/bench \\
         --model default=video3dllm_core/default_model [--model other=CHECKPOINT] [--frames-upbound 4]
@@ -94,6 +97,11 @@ def linear_probe(x_train: np.ndarray, y_train: list[str], x_val: np.ndarray, y_v
         return float((probe(xv).argmax(1) == yv).float().mean())
 
 
+def spread(x: np.ndarray) -> float:
+    """Root mean square distance of the rows of ``x`` [N, D] from their mean."""
+    return float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean()))
+
+
 def majority(y_train: list[str], y_val: list[str]) -> float:
     top = Counter(y_train).most_common(1)[0][0]
     return sum(y == top for y in y_val) / len(y_val)
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     bench = Path(args.benchmark)
-    table: list[tuple[str, str, list[float]]] = []
+    table: list[tuple[str, str, list[float], float]] = []
     chance = None
     for spec in args.model:
         name, _, path = spec.partition("=")
@@ -122,17 +130,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # the same for every model
             accs = [linear_probe(np.stack(train[feature]), train[target], np.stack(val[feature]), val[target])
                     for target in TARGETS]
-            table.append((name if feature != "box size" else "-", feature, accs))
+            table.append((name if feature != "box size" else "-", feature, accs, spread(np.stack(val[feature]))))
         chance = [majority(train[target], val[target]) for target in TARGETS]
         counts = (len(train["label"]), len(val["label"]), len(set(train["colour"])), len(set(train["label"])))
     assert chance is not None
     print(f"linear probes, train rooms -> validation rooms ({counts[0]} / {counts[1]} seen floor objects, "
           f"{counts[2]} colours, {counts[3]} labels, {args.frames_upbound} max-coverage keyframes); accuracy x100")
-    print("| model | feature | " + " | ".join(TARGETS) + " |")
-    print("| --- | --- |" + " --- |" * len(TARGETS))
-    for model_name, feature, accs in table:
-        print(f"| {model_name} | {feature} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + " |")
-    print("| chance | majority class of the train rooms | " + " | ".join(f"{100 * a:.1f}" for a in chance) + " |")
+    print("| model | feature | " + " | ".join(TARGETS) + " | spread |")
+    print("| --- | --- |" + " --- |" * (len(TARGETS) + 1))
+    for model_name, feature, accs, rms in table:
+        print(f"| {model_name} | {feature} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + f" | {rms:.3g} |")
+    print("| chance | majority class of the train rooms | " + " | ".join(f"{100 * a:.1f}" for a in chance) + " | - |")
     return 0
 
 
