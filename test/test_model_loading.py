@@ -365,12 +365,9 @@ def test_sequence_inputs_are_validated(model: Video3DLLM, frames: tuple[np.ndarr
 
 def test_benchmark_real_shapes_dry_run(capsys: pytest.CaptureFixture[str]) -> None:
     """``bench_model.py --real-shapes --dry-run`` builds the 7B architecture on the meta device."""
-    import importlib.util
+    from _bench_support import load_benchmark_script
 
-    spec = importlib.util.spec_from_file_location("bench_model", REPO / "benchmarks" / "bench_model.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark_script("bench_model")
     assert bench.main(["--real-shapes", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "8.08 B parameters" in out and "decoder layers 28" in out and "vision layers 26" in out

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("probe_object_features", REPO / "benchmarks" / "probe_object_features.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from _bench_support import load_benchmark_script
 
 
 def test_spread_is_the_root_of_the_summed_variances() -> None:
-    spread = _probe_module().spread
+    spread = load_benchmark_script("probe_object_features").spread
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 5)) * np.array([0.01, 0.02, 1.0, 0.0, 3.0]) + 7.0
     # independent: RMS distance from the mean = sqrt(trace of the (biased) covariance)
