@@ -103,7 +103,10 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
                                          np.stack([f.patch_world_coords for f in frames]))
             feats = model.object_features(visual, dataset.candidate_boxes(anns[0]))
             appearance = feats.before_pe.float().numpy()
-            position = (feats.features - feats.before_pe).float().numpy()
+            position = feats.center_pe.float()
+            if feats.size_embedding is not None:
+                position = position + feats.size_embedding.float()
+            position = position.numpy()
             seen = feats.patch_mask.reshape(len(appearance), -1).any(-1).numpy()
             prompts = [dataset.prompt(a) for a in anns]
             prefix = model.prefill_prefix(visual, prompts[0].input_ids)
