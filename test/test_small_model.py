@@ -28,8 +28,7 @@ def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
-                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"]),
-                        ("norm", ["--object-feature-type", "patch14-pe-size-norm"])):
+                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -112,51 +111,6 @@ def test_box_size_embedding_is_the_learned_map_of_the_log_size(models: dict[str,
         model.ground_head.box_size.bias.add_(1.0)  # type: ignore[union-attr]
     again = Video3DLLM.from_pretrained(save_checkpoint(model, tmp_path / "saved"), device="cpu")
     torch.testing.assert_close(again.ground_head.box_size.bias, model.ground_head.box_size.bias)  # type: ignore[union-attr]
-
-
-def test_appearance_norm_standardises_the_seen_objects_appearance(models: dict[str, Path], tmp_path: Path) -> None:
-    from safetensors.torch import load_file
-
-    from video3dllm_core.model.checkpoint import save_checkpoint
-
-    plain, normed = load_file(str(models["pe"] / "model.safetensors")), load_file(str(models["norm"] / "model.safetensors"))
-    extra = sorted(set(normed) - set(plain))
-    assert extra == [f"ground_head_appearance_norm.{k}" for k in ("bias", "running_mean", "running_var", "weight")]
-    assert all(torch.equal(plain[k], normed[k]) for k in plain)  # the same seed draws every other weight alike
-    model = Video3DLLM.from_pretrained(models["norm"], device="cpu", dtype=torch.float32)
-    norm = model.ground_head.appearance_norm  # type: ignore[union-attr]
-    assert norm is not None and model.config.box_size_embedding
-    rng = np.random.default_rng(2)
-    crops = rng.integers(0, 256, (2, 384, 384, 3), dtype=np.uint8)
-    coords = np.zeros((2, 384, 384, 3), dtype=np.float32)
-    coords[:, :, :192] = (0.5, 0.5, 0.0)  # left half of each frame on one object, right half on another
-    coords[:, :, 192:] = (-0.5, -0.5, 0.0)
-    # the two objects' boxes, and one far away from every point (unseen)
-    boxes = np.array([[0.5, 0.5, 0.0, 1.0, 1.0, 2.0], [-0.5, -0.5, 0.0, 1.0, 1.0, 2.0], [9.0, 9.0, 0.0, 1.0, 1.0, 1.0]])
-    with torch.no_grad():
-        visual = model.encode_frames(crops, coords)
-        model.train()  # a training call moves the running statistics towards the seen objects' own
-        before = model.object_features(visual, boxes).before_pe.double().numpy()
-        model.eval()
-        objects = model.object_features(visual, boxes)
-    assert np.abs(before[:2]).sum(1).min() > 0 and not before[2].any()  # two seen, the far box unseen
-    seen = before[:2]
-    mean = 0.95 * 0.0 + 0.05 * seen.mean(0)
-    var = 0.95 * 1.0 + 0.05 * seen.var(0)
-    np.testing.assert_allclose(norm.running_mean.double().numpy(), mean, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(norm.running_var.double().numpy(), var, rtol=1e-5, atol=1e-7)
-    with torch.no_grad():
-        norm.weight.mul_(2.0)
-        norm.bias.add_(0.5)
-        objects = model.object_features(visual, boxes)
-    expected = (before - mean) / np.sqrt(var + 1e-5) * 2.0 + 0.5
-    expected[2] = 0.0  # nothing seen: no appearance at all
-    rest = (objects.center_pe + objects.size_embedding).double().numpy()  # type: ignore[operator]
-    np.testing.assert_allclose(objects.features.double().numpy() - rest, expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(objects.before_pe.double(), torch.from_numpy(before))  # the raw mean is kept
-    again = Video3DLLM.from_pretrained(save_checkpoint(model, tmp_path / "saved"), device="cpu", dtype=torch.float32)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        torch.testing.assert_close(getattr(again.ground_head.appearance_norm, name), getattr(norm, name))  # type: ignore[union-attr]
 
 
 def test_tokenizer_learns_the_benchmark_words(bench: Path, models: dict[str, Path]) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from video3dllm_core.default_model import DEFAULT_MODEL_DIR, random_init_
-from video3dllm_core.model.grounding import AppearanceNorm
 from video3dllm_core.model import Video3DLLM, Video3DLLMConfig
 from video3dllm_core.model.checkpoint import save_checkpoint
 from video3dllm_core.model.prompts import (
@@ -116,7 +115,7 @@ def _fresh_init_(model: Video3DLLM, seed: int, attention_init_scale: float = ATT
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 param.mul_(float(attention_init_scale))
         for module in [*model.mm_projector.modules(), *(model.ground_head.modules() if model.ground_head else [])]:
-            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm, AppearanceNorm)):
+            if isinstance(module, (torch.nn.Linear, torch.nn.LayerNorm)):
                 module.reset_parameters()
 
 

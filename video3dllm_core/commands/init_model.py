@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="the paper's ablation: no 3D position embedding on video tokens and object features")
     p.add_argument("--attention-init-scale", type=float, default=4.0,
                    help="factor on the decoder's query/key projections after initialisation (default 4; 1 = transformers')")
-    p.add_argument("--object-feature-type", choices=("patch14-pe-size", "patch14-pe", "patch14-pe-size-norm"), default="patch14-pe-size",
+    p.add_argument("--object-feature-type", choices=("patch14-pe-size", "patch14-pe"), default="patch14-pe-size",
                    help="object features for grounding: with the learned box size embedding (default) or upstream's "
                         "patch14-pe (patch mean + centre embedding only)")
     p.add_argument("--vision-tower-from", default=None, metavar="CHECKPOINT",

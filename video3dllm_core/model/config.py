@@ -135,14 +135,7 @@ class Video3DLLMConfig:
     def box_size_embedding(self) -> bool:
         """True for ``object_feature_type: patch14-pe-size`` (our extension, not an upstream value): object
         features also carry a learned embedding of the box's log size (``GroundingHead.size_embedding``)."""
-        return self.object_feature_type in ("patch14-pe-size", "patch14-pe-size-norm")
-
-    @property
-    def appearance_norm(self) -> bool:
-        """True for ``object_feature_type: patch14-pe-size-norm`` (ours): the appearance part of an object
-        feature is standardised per channel (``GroundingHead.appearance_norm``) before the centre and size
-        embeddings are added, so that it is not a few per cent of the feature."""
-        return self.object_feature_type == "patch14-pe-size-norm"
+        return self.object_feature_type == "patch14-pe-size"
 
     @property
     def discrete_positions(self) -> bool:
@@ -216,10 +209,10 @@ class Video3DLLMConfig:
             raise ConfigError(
                 f"config.json: min_xyz_range {self.min_xyz_range} must be below max_xyz_range {self.max_xyz_range}"
             )
-        if self.object_feature_type not in ("patch14-pe", "patch14-pe-size", "patch14-pe-size-norm"):
+        if self.object_feature_type not in ("patch14-pe", "patch14-pe-size"):
             raise ConfigError(
                 f"config.json: object_feature_type {self.object_feature_type!r} not supported (use 'patch14-pe', "
-                "or 'patch14-pe-size' / 'patch14-pe-size-norm' for the box size embedding of models trained here)"
+                "or 'patch14-pe-size' for the box size embedding of models trained here)"
             )
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")

@@ -38,52 +38,16 @@ class GroundingOutput:
     ground_hidden: torch.Tensor  # [1, H] decoder hidden state at the <ground> token
 
 
-class AppearanceNorm(nn.Module):
-    """Per-channel standardisation of the objects' mean appearance with running statistics.
-
-    The statistics are running means over the seen objects of every training call (not the call's own
-    batch, which is one room), so training and inference normalise alike; no gradient flows through them.
-    Unseen objects (no patch inside the box) stay zero.
-    """
-
-    def __init__(self, hidden_size: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.momentum, self.eps = momentum, eps
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
-        self.register_buffer("running_mean", torch.zeros(hidden_size))
-        self.register_buffer("running_var", torch.ones(hidden_size))
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.weight.fill_(1.0)
-            self.bias.zero_()
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-
-    def forward(self, appearance: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        x = appearance.to(self.weight.dtype)
-        if self.training and bool(seen.any()):
-            with torch.no_grad():
-                rows = x[seen].float()
-                self.running_mean.lerp_(rows.mean(0).to(self.running_mean.dtype), self.momentum)
-                self.running_var.lerp_(rows.var(0, unbiased=False).to(self.running_var.dtype), self.momentum)
-        y = (x - self.running_mean.to(x.dtype)) * torch.rsqrt(self.running_var.to(x.dtype) + self.eps)
-        y = y * self.weight + self.bias
-        return y * seen.to(y.dtype)[:, None]
-
-
 class GroundingHead(nn.Module):
     """``ground_head_obj``, ``ground_head_query`` and ``ground_head_zero_target`` of the checkpoint, and
     ``ground_head_box_size`` when ``box_size_embedding`` (see the module docstring)."""
 
-    def __init__(self, hidden_size: int, box_size_embedding: bool = False, appearance_norm: bool = False) -> None:
+    def __init__(self, hidden_size: int, box_size_embedding: bool = False) -> None:
         super().__init__()
         self.obj = _head(hidden_size)
         self.query = _head(hidden_size)
         self.zero_target = nn.Parameter(torch.empty(hidden_size))
         self.box_size = nn.Linear(3, hidden_size) if box_size_embedding else None
-        self.appearance_norm = AppearanceNorm(hidden_size) if appearance_norm else None
 
     def size_embedding(self, size_xyz_m: torch.Tensor) -> torch.Tensor:
         """[N, 3] box sizes (metres) -> [N, H] learned embedding of their logarithm (sides below

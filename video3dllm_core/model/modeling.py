@@ -145,8 +145,7 @@ class Video3DLLM(nn.Module):
             )
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
-        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding,
-                                          appearance_norm=config.appearance_norm)
+        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding)
                             if config.ground_head_type == "infonce" else None)
         self.tokenizer: Any = None
         self.generation_config: Any = None
@@ -396,10 +395,7 @@ class Video3DLLM(nn.Module):
         before = mean_selected_features(visual.projected, mask)
         centers = self.pe_coords(box[:, :3])
         center_pe = self.position_embedding(centers)
-        appearance = before
-        if self.ground_head is not None and self.ground_head.appearance_norm is not None:
-            appearance = self.ground_head.appearance_norm(before, mask.reshape(mask.shape[0], -1).any(-1)).to(before.dtype)
-        features = appearance + center_pe.to(before.dtype)
+        features = before + center_pe.to(before.dtype)
         size_embedding = None
         if self.config.box_size_embedding and self.ground_head is not None:
             size_embedding = self.ground_head.size_embedding(box[:, 3:])
