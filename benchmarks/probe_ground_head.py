@@ -136,7 +136,8 @@ class ProbeHead(nn.Module):
             raise ValueError(f"head input {kind!r}: expected one of {HEAD_INPUTS}")
         self.kind = kind
         width = train[0].ground_state.shape[0]
-        seen = np.concatenate([r.appearance[r.seen] for r in train])
+        rooms = {id(r.appearance): r for r in train}.values()  # the descriptions of a room share its arrays
+        seen = np.concatenate([r.appearance[r.seen] for r in rooms])
         self.mean = torch.tensor(seen.mean(0), dtype=torch.float32)
         self.std = torch.tensor(seen.std(0) + 1e-6, dtype=torch.float32)
         self.colours = sorted({c for r in train for c in r.colours})
