@@ -21,8 +21,8 @@ max-coverage keyframes, the eval prompt), and asks two questions on the cache:
     python benchmarks/probe_ground_head.py --benchmark default_model_work/bench \\
         --model default_model_work/ground_pe/checkpoint-3000 [--epochs 20] [--seeds 0,1]
 
-One core: ~1 min to cache the 150-room benchmark of the default-model recipe, ~40 s per head and seed.
-Results: docs/training.md, "Where grounding loses the colour".
+One core: ~1.5 min to cache the 150-room benchmark of the default-model recipe, ~1 min per head and
+seed (~9 min with the defaults). Results: docs/benchmarks.md, "Where grounding loses the colour".
 """
 
 from __future__ import annotations
@@ -207,18 +207,18 @@ def head_scores(head: ProbeHead, rows: list[Description]) -> list[np.ndarray]:
 def colour_probes(train: list[Description], val: list[Description]) -> list[tuple[str, int, float]]:
     """(part, validation examples, probe accuracy x100) for the colour word and the target's colour."""
     colours = sorted({c for r in train for c in r.colours}, key=len, reverse=True)
+
+    def probe(name: str, pairs: list[list[tuple[np.ndarray, str]]]) -> tuple[str, int, float]:
+        (x_train, y_train), (x_val, y_val) = (zip(*split) for split in pairs)
+        return name, len(pairs[1]), 100.0 * linear_probe(np.stack(x_train), list(y_train), np.stack(x_val), list(y_val))
+
     out = []
     for name, attr in (("`<ground>` state -> colour word", "ground_state"), ("mean text state -> colour word", "text_state")):
-        pick = [[(getattr(r, attr), w) for r in rows if (w := colour_word(r.text, colours)) is not None] for rows in (train, val)]
-        acc = linear_probe(np.stack([x for x, _ in pick[0]]), [y for _, y in pick[0]],
-                           np.stack([x for x, _ in pick[1]]), [y for _, y in pick[1]])
-        out.append((name, len(pick[1]), 100.0 * acc))
+        out.append(probe(name, [[(getattr(r, attr), w) for r in rows if (w := colour_word(r.text, colours)) is not None]
+                                for rows in (train, val)]))
     for name, whole in (("target appearance -> its colour", False), ("target object feature -> its colour", True)):
-        pick = [[(r.appearance[t] + (r.position[t] if whole else 0.0), r.colours[t]) for r in rows
-                 for t in r.targets[:1] if r.seen[t]] for rows in (train, val)]
-        acc = linear_probe(np.stack([x for x, _ in pick[0]]), [y for _, y in pick[0]],
-                           np.stack([x for x, _ in pick[1]]), [y for _, y in pick[1]])
-        out.append((name, len(pick[1]), 100.0 * acc))
+        out.append(probe(name, [[(r.appearance[t] + (r.position[t] if whole else 0.0), r.colours[t]) for r in rows
+                                 for t in r.targets[:1] if r.seen[t]] for rows in (train, val)]))
     return out
 
 
@@ -253,10 +253,10 @@ def main(argv: list[str] | None = None) -> int:
 
     own = [r.own_scores for r in val]
     seen = [r for r in val if r.seen[r.targets[0]]]
+    unseen = [r for r in val if not r.seen[r.targets[0]]]
     print(f"\nthe checkpoint's own head on the validation rooms: {accuracy(own, val):.1f} % "
           f"(target seen in the keyframes: {accuracy([r.own_scores for r in seen], seen):.1f} % of {len(seen)}; "
-          f"unseen: {accuracy([r.own_scores for r in val if not r.seen[r.targets[0]]], [r for r in val if not r.seen[r.targets[0]]]):.1f} % "
-          f"of {len(val) - len(seen)})")
+          f"unseen: {accuracy([r.own_scores for r in unseen], unseen):.1f} % of {len(unseen)})")
     print(f"\nheads trained alone on the cached train rooms ({args.epochs} epochs, seeds {args.seeds}; mean over seeds; "
           "ScanRefer Acc with GT boxes x100)")
     print("| object input | train | validation | attribute | relation |\n| --- | --- | --- | --- | --- |")
