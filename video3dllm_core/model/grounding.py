@@ -35,7 +35,7 @@ class GroundingOutput:
     scores: torch.Tensor  # [N+1] cosine similarities; index N is the "no object" target
     obj_feat: torch.Tensor  # [N+1, H] ground_head_obj output before L2 normalisation
     query_feat: torch.Tensor  # [1, H] ground_head_query output before L2 normalisation
-    ground_hidden: torch.Tensor  # [1, H] decoder hidden state at the <ground> token
+    ground_hidden: torch.Tensor  # [1, H] the state the query read (``query_state``: at <ground>, + the text mean)
 
 
 class GroundingHead(nn.Module):
@@ -64,6 +64,31 @@ class GroundingHead(nn.Module):
         query_feat = self.query(ground_hidden)
         scores = (F.normalize(obj_feat) * F.normalize(query_feat)).sum(dim=-1)
         return GroundingOutput(scores=scores, obj_feat=obj_feat, query_feat=query_feat, ground_hidden=ground_hidden)
+
+
+def query_state(hidden: torch.Tensor, start: int, ground_position: int, text_start: int,
+                query_type: str = "ground-token") -> torch.Tensor:
+    """The [1, H] state the head's query reads, from final hidden states ``hidden`` [T, H] of merged positions
+    ``start .. start + T - 1``.
+
+    ``ground-token`` (upstream): the state at ``ground_position``. ``ground-token-text-mean`` (ours): that state
+    plus the mean state over merged positions ``text_start .. ground_position`` (the text between the image block
+    and ``<ground>``). On the synthetic benchmark the description's words (its colour, say) reach the mean of the
+    text states far more reliably than the ``<ground>`` state alone (docs/benchmarks.md, "Where grounding loses
+    the colour"); the sum keeps the head's shape, so upstream checkpoints and heads load unchanged.
+    """
+    if not start <= ground_position < start + hidden.shape[0]:
+        raise ValueError(f"<ground> position {ground_position} is outside the decoded positions {start}.."
+                         f"{start + hidden.shape[0] - 1}")
+    at_ground = hidden[ground_position - start][None]
+    if query_type == "ground-token":
+        return at_ground
+    if query_type != "ground-token-text-mean":
+        raise ValueError(f"ground_query_type {query_type!r} not supported (use 'ground-token' or 'ground-token-text-mean')")
+    if not start <= text_start <= ground_position:
+        raise ValueError(f"the text before <ground> starts at {text_start}, outside the decoded positions {start}.."
+                         f"{ground_position}; decode from the end of the image block at the latest")
+    return at_ground + hidden[text_start - start: ground_position - start + 1].mean(dim=0, keepdim=True)
 
 
 def select_scanrefer(scores: torch.Tensor) -> tuple[int, bool]:

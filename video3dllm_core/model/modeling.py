@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, Video3DLLMConfig
 from .decoding import GenerationOutput, decode, greedy_continue, new_cache, repetition_processors
-from .grounding import GroundingHead, GroundingOutput
+from .grounding import GroundingHead, GroundingOutput, query_state
 from .layout import MergedInputs, image_block, merge_sequence, pool_features, pooled_grid_size
 from .objects import ObjectFeatures, check_boxes, mean_selected_features, min_inside_points, patch_inside_counts
 from video3dllm_core.ingest import IngestConfig
@@ -421,7 +421,8 @@ class Video3DLLM(nn.Module):
             raise ValueError("this checkpoint has no grounding head (config ground_head_type is not 'infonce')")
         position = self.ground_position(merged)
         out = self.run_decoder(merged, prefix)
-        hidden = out.hidden_at(position)[None]
+        text_start = merged.image_end if merged.image_end is not None else 0
+        hidden = query_state(out.hidden, out.start, position, text_start, self.config.ground_query_type)
         return self.ground_head(objects.features, hidden)
 
 
