@@ -116,7 +116,8 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
                 decoded = model.run_decoder(merged, prefix)
                 position = model.ground_position(merged)
                 ground_state = decoded.hidden_at(position)[None]
-                query = query_state(decoded.hidden, decoded.start, position, decoded.start, model.config.ground_query_type)
+                query = query_state(decoded.hidden, decoded.start, position, decoded.start, model.config.ground_query_type,
+                                    model.ground_head.text_gate)
                 own = model.ground_head(feats.features, query).scores
                 rows.append(Description(
                     question_type=str(ann.question_type), text=ann.human.splitlines()[-1], targets=list(ann.object_ids),

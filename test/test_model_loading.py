@@ -437,3 +437,34 @@ def test_query_state_names_positions_outside_the_decoded_span() -> None:
         query_state(hidden, 10, 14, 8, "ground-token-text-mean")
     with pytest.raises(ValueError, match="ground_query_type 'mean' not supported"):
         query_state(hidden, 10, 14, 12, "mean")
+
+
+def test_text_gate_query_starts_as_upstream_and_scales_the_text_mean(tmp_path: Path, model: Video3DLLM,
+                                                                      frames: tuple[np.ndarray, np.ndarray],
+                                                                      cases: dict[str, Any]) -> None:
+    """``ground_query_type: ground-token-text-gate``: the query reads the ``<ground>`` state plus the learned
+    ``ground_head_text_gate`` times the mean text state; with the gate at 0 it scores as upstream's."""
+    folder = _copy(tmp_path)
+    _edit_config(folder, ground_query_type="ground-token-text-gate")
+    with pytest.raises(CheckpointError, match="ground_head_text_gate"):
+        _load(folder)
+    _edit_weights(folder, lambda t: t.__setitem__("ground_head_text_gate", torch.tensor([0.0])))
+    gated = _load(folder)
+    crops, coords = frames
+    ids = next(c for c in cases.values() if "scores" in c)["input_ids"]
+    boxes = np.array([[0.2, 0.1, 0.5, 0.4, 0.3, 0.6], [1.0, -0.5, 0.8, 0.5, 0.5, 0.5]], np.float32)
+    with torch.no_grad():
+        visual = gated.encode_frames(crops, coords)
+        objects = gated.object_features(visual, boxes)
+        merged = gated.build_inputs_embeds(ids, visual)
+        at_zero = gated.ground(merged, objects).scores
+        upstream = model.ground(merged, objects).scores
+        assert gated.ground_head is not None and gated.ground_head.text_gate is not None
+        gated.ground_head.text_gate.fill_(0.5)
+        hidden = gated.run_decoder(merged).hidden.double().numpy()
+        g, t0 = gated.ground_position(merged), merged.image_end
+        query = hidden[g] + 0.5 * hidden[t0:g + 1].mean(axis=0)
+        expected = gated.ground_head(objects.features, torch.tensor(query[None], dtype=torch.float32)).scores
+        half = gated.ground(merged, objects).scores
+    np.testing.assert_allclose(at_zero.numpy(), upstream.numpy(), atol=1e-5)
+    np.testing.assert_allclose(half.numpy(), expected.numpy(), atol=1e-5)

@@ -29,7 +29,8 @@ def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     out = {}
     for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
                         ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"]),
-                        ("text_mean", ["--ground-query-type", "ground-token-text-mean"])):
+                        ("text_mean", ["--ground-query-type", "ground-token-text-mean"]),
+                        ("text_gate", ["--ground-query-type", "ground-token-text-gate"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -65,6 +66,16 @@ def test_text_mean_query_init_is_paired_with_the_default(models: dict[str, Path]
     configs["pe"].pop("ground_query_type")
     assert configs["text_mean"] == configs["pe"]
     assert Video3DLLM.from_pretrained(models["text_mean"], device="cpu").config.ground_query_type == "ground-token-text-mean"
+
+
+def test_text_gate_init_is_paired_with_the_default(models: dict[str, Path]) -> None:
+    """The gated query adds one weight, 0 at init; every other tensor is drawn as for the default."""
+    from safetensors.torch import load_file
+
+    default, gated = load_file(str(models["pe"] / "model.safetensors")), load_file(str(models["text_gate"] / "model.safetensors"))
+    assert set(gated) - set(default) == {"ground_head_text_gate"} and set(default) <= set(gated)
+    assert gated["ground_head_text_gate"].tolist() == [0.0]
+    assert all(torch.equal(default[k], gated[k]) for k in default)
 
 
 def test_attention_init_scale_multiplies_query_and_key_projections_only(models: dict[str, Path]) -> None:

@@ -113,7 +113,7 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
         losses = []
         recall = []
         for row, pos, text_start, features, targets, described in grounding:
-            query = query_state(hidden[row], 0, pos, text_start, config.ground_query_type)
+            query = query_state(hidden[row], 0, pos, text_start, config.ground_query_type, head.text_gate)
             scores = head(features, query).scores
             losses.append(infonce_loss(scores, targets, temperature))
             if description_loss_weight:

@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--object-feature-type", choices=("patch14-pe-size", "patch14-pe"), default="patch14-pe-size",
                    help="object features for grounding: with the learned box size embedding (default) or upstream's "
                         "patch14-pe (patch mean + centre embedding only)")
-    p.add_argument("--ground-query-type", choices=("ground-token", "ground-token-text-mean"), default="ground-token",
+    p.add_argument("--ground-query-type", choices=("ground-token", "ground-token-text-mean", "ground-token-text-gate"),
+                   default="ground-token",
                    help="what the grounding head's query reads: the <ground> state (default, upstream's) or that state plus "
                         "the mean state over the text before it")
     p.add_argument("--vision-tower-from", default=None, metavar="CHECKPOINT",

@@ -94,7 +94,7 @@ def _xyz(raw: dict[str, Any], key: str) -> tuple[float, float, float]:
 
 #: What the grounding head's query reads: upstream's hidden state at ``<ground>``, or (ours) that state plus
 #: the mean final state over the text between the image block and ``<ground>`` (see ``grounding.query_state``).
-GROUND_QUERY_TYPES = ("ground-token", "ground-token-text-mean")
+GROUND_QUERY_TYPES = ("ground-token", "ground-token-text-mean", "ground-token-text-gate")
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ class Video3DLLMConfig:
         if self.ground_query_type not in GROUND_QUERY_TYPES:
             raise ConfigError(
                 f"config.json: ground_query_type {self.ground_query_type!r} not supported (use 'ground-token', upstream's, "
-                "or 'ground-token-text-mean' for models trained here)"
+                "or 'ground-token-text-mean' / 'ground-token-text-gate' for models trained here)"
             )
         vocab = int(self.text_config.vocab_size)
         for key, ids in (("ground_token_ids", self.ground_token_ids), ("coord_token_ids", self.coord_token_ids)):

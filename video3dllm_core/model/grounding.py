@@ -42,12 +42,14 @@ class GroundingHead(nn.Module):
     """``ground_head_obj``, ``ground_head_query`` and ``ground_head_zero_target`` of the checkpoint, and
     ``ground_head_box_size`` when ``box_size_embedding`` (see the module docstring)."""
 
-    def __init__(self, hidden_size: int, box_size_embedding: bool = False) -> None:
+    def __init__(self, hidden_size: int, box_size_embedding: bool = False, text_gate: bool = False) -> None:
         super().__init__()
         self.obj = _head(hidden_size)
         self.query = _head(hidden_size)
         self.zero_target = nn.Parameter(torch.empty(hidden_size))
         self.box_size = nn.Linear(3, hidden_size) if box_size_embedding else None
+        # ground-token-text-gate: the learned factor on the text mean, 0 at init (the query starts as upstream's)
+        self.text_gate = nn.Parameter(torch.zeros(1)) if text_gate else None
 
     def size_embedding(self, size_xyz_m: torch.Tensor) -> torch.Tensor:
         """[N, 3] box sizes (metres) -> [N, H] learned embedding of their logarithm (sides below
@@ -67,7 +69,7 @@ class GroundingHead(nn.Module):
 
 
 def query_state(hidden: torch.Tensor, start: int, ground_position: int, text_start: int,
-                query_type: str = "ground-token") -> torch.Tensor:
+                query_type: str = "ground-token", text_gate: torch.Tensor | None = None) -> torch.Tensor:
     """The [1, H] state the head's query reads, from final hidden states ``hidden`` [T, H] of merged positions
     ``start .. start + T - 1``.
 
@@ -83,12 +85,18 @@ def query_state(hidden: torch.Tensor, start: int, ground_position: int, text_sta
     at_ground = hidden[ground_position - start][None]
     if query_type == "ground-token":
         return at_ground
-    if query_type != "ground-token-text-mean":
-        raise ValueError(f"ground_query_type {query_type!r} not supported (use 'ground-token' or 'ground-token-text-mean')")
+    if query_type not in ("ground-token-text-mean", "ground-token-text-gate"):
+        raise ValueError(f"ground_query_type {query_type!r} not supported (use 'ground-token', 'ground-token-text-mean' "
+                         "or 'ground-token-text-gate')")
     if not start <= text_start <= ground_position:
         raise ValueError(f"the text before <ground> starts at {text_start}, outside the decoded positions {start}.."
                          f"{ground_position}; decode from the end of the image block at the latest")
-    return at_ground + hidden[text_start - start: ground_position - start + 1].mean(dim=0, keepdim=True)
+    mean = hidden[text_start - start: ground_position - start + 1].mean(dim=0, keepdim=True)
+    if query_type == "ground-token-text-gate":
+        if text_gate is None:
+            raise ValueError("ground_query_type 'ground-token-text-gate' needs the head's text_gate")
+        return at_ground + text_gate.to(mean.dtype) * mean
+    return at_ground + mean
 
 
 def select_scanrefer(scores: torch.Tensor) -> tuple[int, bool]:

@@ -145,7 +145,8 @@ class Video3DLLM(nn.Module):
             )
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
-        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding)
+        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding,
+                                          text_gate=config.ground_query_type == "ground-token-text-gate")
                             if config.ground_head_type == "infonce" else None)
         self.tokenizer: Any = None
         self.generation_config: Any = None
@@ -422,7 +423,8 @@ class Video3DLLM(nn.Module):
         position = self.ground_position(merged)
         out = self.run_decoder(merged, prefix)
         text_start = merged.image_end if merged.image_end is not None else 0
-        hidden = query_state(out.hidden, out.start, position, text_start, self.config.ground_query_type)
+        hidden = query_state(out.hidden, out.start, position, text_start, self.config.ground_query_type,
+                             self.ground_head.text_gate)
         return self.ground_head(objects.features, hidden)
 
 
