@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script, 
 from probe_object_features import linear_probe  # noqa: E402
 
 from video3dllm_core.model import Video3DLLM  # noqa: E402
-from video3dllm_core.model.grounding import query_state  # noqa: E402
 from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
 from video3dllm_training.data.annotations import load_annotations  # noqa: E402
 from video3dllm_training.data.dataset import DatasetConfig, Video3DDataset  # noqa: E402
@@ -114,11 +113,8 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
             for ann, prompt in zip(anns, prompts):
                 merged = model.build_inputs_embeds(prompt.input_ids, visual)
                 decoded = model.run_decoder(merged, prefix)
-                position = model.ground_position(merged)
-                ground_state = decoded.hidden_at(position)[None]
-                query = query_state(decoded.hidden, decoded.start, position, decoded.start, model.config.ground_query_type,
-                                    model.ground_head.text_gate)
-                own = model.ground_head(feats.features, query).scores
+                ground_state = decoded.hidden_at(model.ground_position(merged))[None]
+                own = model.ground_head(feats.features, ground_state).scores
                 rows.append(Description(
                     question_type=str(ann.question_type), text=ann.human.splitlines()[-1], targets=list(ann.object_ids),
                     ground_state=ground_state[0].float().numpy(), text_state=decoded.hidden.mean(0).float().numpy(),

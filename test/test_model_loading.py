@@ -274,7 +274,6 @@ def test_builtin_tower_with_wrong_width_names_mm_hidden_size(tmp_path: Path) -> 
         ("world_position_embedding_type", "sample9-discrete-sin3d"),
         ("object_feature_type", "patch27-pe"),
         ("ground_head_type", "score"),
-        ("ground_query_type", "text-mean"),
         ("ground_token_ids", [100000]),
     ],
 )
@@ -390,81 +389,3 @@ def test_grounding_without_candidates_scores_only_no_object(model: Video3DLLM, f
     assert select_multi3drefer(result.scores) == []
     with pytest.raises(ValueError, match="at least one candidate"):
         select_scanrefer(result.scores)
-
-
-def test_text_mean_query_adds_the_mean_text_state_to_the_ground_state(tmp_path: Path, model: Video3DLLM,
-                                                                      frames: tuple[np.ndarray, np.ndarray],
-                                                                      cases: dict[str, Any]) -> None:
-    """``ground_query_type: ground-token-text-mean``: the head's query reads the ``<ground>`` state plus the mean
-    final state over the text between the image block and ``<ground>``; decoding from a visual prefix gives the
-    same scores; the default (upstream) checkpoint is unchanged."""
-    folder = _copy(tmp_path)
-    _edit_config(folder, ground_query_type="ground-token-text-mean")
-    text_mean = _load(folder)
-    assert model.config.ground_query_type == "ground-token" and text_mean.config.ground_query_type == "ground-token-text-mean"
-    crops, coords = frames
-    ids = next(c for c in cases.values() if "scores" in c)["input_ids"]
-    boxes = np.array([[0.2, 0.1, 0.5, 0.4, 0.3, 0.6], [1.0, -0.5, 0.8, 0.5, 0.5, 0.5]], np.float32)
-    with torch.no_grad():
-        visual = text_mean.encode_frames(crops, coords)
-        objects = text_mean.object_features(visual, boxes)
-        merged = text_mean.build_inputs_embeds(ids, visual)
-        hidden = text_mean.run_decoder(merged).hidden.double().numpy()
-        g, t0 = text_mean.ground_position(merged), merged.image_end
-        assert t0 is not None and t0 < g
-        query = hidden[g] + hidden[t0:g + 1].mean(axis=0)  # numpy, independent of query_state
-        expected = text_mean.ground_head(objects.features, torch.tensor(query[None], dtype=torch.float32)).scores
-        scores = text_mean.ground(merged, objects).scores
-        from_prefix = text_mean.ground(merged, objects, prefix=text_mean.prefill_prefix(visual, ids)).scores
-        upstream = model.ground(merged, objects).scores  # same weights, ground-token query
-        at_ground = model.ground_head(objects.features, torch.tensor(hidden[g][None], dtype=torch.float32)).scores
-    np.testing.assert_allclose(scores.numpy(), expected.numpy(), atol=1e-5)
-    np.testing.assert_allclose(from_prefix.numpy(), scores.numpy(), atol=1e-5)
-    np.testing.assert_allclose(upstream.numpy(), at_ground.numpy(), atol=1e-5)
-    assert float((scores - upstream).abs().max()) > 1e-3  # the text mean changes the query
-
-
-def test_query_state_names_positions_outside_the_decoded_span() -> None:
-    from video3dllm_core.model.grounding import query_state
-
-    hidden = torch.arange(12, dtype=torch.float32).reshape(6, 2)  # merged positions 10..15
-    torch.testing.assert_close(query_state(hidden, 10, 14, 12), hidden[4][None])
-    torch.testing.assert_close(query_state(hidden, 10, 14, 12, "ground-token-text-mean"),
-                               hidden[4][None] + hidden[2:5].mean(0, keepdim=True))
-    with pytest.raises(ValueError, match="<ground> position 16 is outside the decoded positions 10..15"):
-        query_state(hidden, 10, 16, 12)
-    with pytest.raises(ValueError, match="text before <ground> starts at 8"):
-        query_state(hidden, 10, 14, 8, "ground-token-text-mean")
-    with pytest.raises(ValueError, match="ground_query_type 'mean' not supported"):
-        query_state(hidden, 10, 14, 12, "mean")
-
-
-def test_text_gate_query_starts_as_upstream_and_scales_the_text_mean(tmp_path: Path, model: Video3DLLM,
-                                                                      frames: tuple[np.ndarray, np.ndarray],
-                                                                      cases: dict[str, Any]) -> None:
-    """``ground_query_type: ground-token-text-gate``: the query reads the ``<ground>`` state plus the learned
-    ``ground_head_text_gate`` times the mean text state; with the gate at 0 it scores as upstream's."""
-    folder = _copy(tmp_path)
-    _edit_config(folder, ground_query_type="ground-token-text-gate")
-    with pytest.raises(CheckpointError, match="ground_head_text_gate"):
-        _load(folder)
-    _edit_weights(folder, lambda t: t.__setitem__("ground_head_text_gate", torch.tensor([0.0])))
-    gated = _load(folder)
-    crops, coords = frames
-    ids = next(c for c in cases.values() if "scores" in c)["input_ids"]
-    boxes = np.array([[0.2, 0.1, 0.5, 0.4, 0.3, 0.6], [1.0, -0.5, 0.8, 0.5, 0.5, 0.5]], np.float32)
-    with torch.no_grad():
-        visual = gated.encode_frames(crops, coords)
-        objects = gated.object_features(visual, boxes)
-        merged = gated.build_inputs_embeds(ids, visual)
-        at_zero = gated.ground(merged, objects).scores
-        upstream = model.ground(merged, objects).scores
-        assert gated.ground_head is not None and gated.ground_head.text_gate is not None
-        gated.ground_head.text_gate.fill_(0.5)
-        hidden = gated.run_decoder(merged).hidden.double().numpy()
-        g, t0 = gated.ground_position(merged), merged.image_end
-        query = hidden[g] + 0.5 * hidden[t0:g + 1].mean(axis=0)
-        expected = gated.ground_head(objects.features, torch.tensor(query[None], dtype=torch.float32)).scores
-        half = gated.ground(merged, objects).scores
-    np.testing.assert_allclose(at_zero.numpy(), upstream.numpy(), atol=1e-5)
-    np.testing.assert_allclose(half.numpy(), expected.numpy(), atol=1e-5)

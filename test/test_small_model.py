@@ -28,9 +28,7 @@ def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
-                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"]),
-                        ("text_mean", ["--ground-query-type", "ground-token-text-mean"]),
-                        ("text_gate", ["--ground-query-type", "ground-token-text-gate"])):
+                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -55,27 +53,6 @@ def test_init_model_is_deterministic_and_loads(models: dict[str, Path]) -> None:
     assert config["eos_token_id"] == ids.im_end and model.eos_token_ids == [ids.im_end]
     assert config["vocab_size"] == len(model.tokenizer) == model.language_model.get_input_embeddings().weight.shape[0]
     assert (pe / "model.safetensors").stat().st_size < 30 * 2**20
-
-
-def test_text_mean_query_init_is_paired_with_the_default(models: dict[str, Path]) -> None:
-    """The text-mean query adds no weights: the same seed draws the same tensors, only config.json differs."""
-    assert _sha(models["text_mean"] / "model.safetensors") == _sha(models["pe"] / "model.safetensors")
-    configs = {name: json.loads((models[name] / "config.json").read_text()) for name in ("pe", "text_mean")}
-    assert configs["pe"]["ground_query_type"] == "ground-token"
-    assert configs["text_mean"].pop("ground_query_type") == "ground-token-text-mean"
-    configs["pe"].pop("ground_query_type")
-    assert configs["text_mean"] == configs["pe"]
-    assert Video3DLLM.from_pretrained(models["text_mean"], device="cpu").config.ground_query_type == "ground-token-text-mean"
-
-
-def test_text_gate_init_is_paired_with_the_default(models: dict[str, Path]) -> None:
-    """The gated query adds one weight, 0 at init; every other tensor is drawn as for the default."""
-    from safetensors.torch import load_file
-
-    default, gated = load_file(str(models["pe"] / "model.safetensors")), load_file(str(models["text_gate"] / "model.safetensors"))
-    assert set(gated) - set(default) == {"ground_head_text_gate"} and set(default) <= set(gated)
-    assert gated["ground_head_text_gate"].tolist() == [0.0]
-    assert all(torch.equal(default[k], gated[k]) for k in default)
 
 
 def test_attention_init_scale_multiplies_query_and_key_projections_only(models: dict[str, Path]) -> None:

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from video3dllm_core.model.constants import IGNORE_INDEX
-from video3dllm_core.model.grounding import query_state
 from video3dllm_training.data.dataset import Batch
 from video3dllm_training.loss import GROUND_TEMPERATURE, description_recall_loss, infonce_loss, lm_loss_sum
 
@@ -48,8 +47,8 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
     ground_ids = torch.tensor([int(t) for t in config.ground_token_ids], dtype=torch.long)
     embeds: list[torch.Tensor] = []
     lm_labels: list[torch.Tensor] = []
-    grounding: list[tuple[int, int, int, torch.Tensor, tuple[int, ...], tuple[int, ...] | None]] = []
-    # (row, <ground> position, first text position after the image block, object features, targets, description ids)
+    grounding: list[tuple[int, int, torch.Tensor, tuple[int, ...], tuple[int, ...] | None]] = []
+    # (row, position, object features, targets, description token ids)
     for i in range(len(batch)):
         n = batch.lengths[i]
         ids = batch.input_ids[i, :n].tolist()
@@ -72,7 +71,7 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
             described = batch.description_ids[i] if batch.description_ids else None
             if description_loss_weight and not described:
                 raise ValueError(f"sample {batch.ids[i]}: the description recall loss needs the description's token ids")
-            grounding.append((i, int(hits[0]), int(end), features, targets, described))
+            grounding.append((i, int(hits[0]), features, targets, described))
             if not lm_loss_on_grounding:
                 merged_labels = torch.full_like(merged_labels, IGNORE_INDEX)
         embeds.append(merged.embeds)
@@ -112,9 +111,8 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
             raise ValueError("grounding samples need a model with a grounding head (ground_head_type 'infonce')")
         losses = []
         recall = []
-        for row, pos, text_start, features, targets, described in grounding:
-            query = query_state(hidden[row], 0, pos, text_start, config.ground_query_type, head.text_gate)
-            scores = head(features, query).scores
+        for row, pos, features, targets, described in grounding:
+            scores = head(features, hidden[row, pos][None]).scores
             losses.append(infonce_loss(scores, targets, temperature))
             if description_loss_weight:
                 recall.append(description_recall_loss(m.logits(hidden[row, pos]), described or ()))

@@ -25,10 +25,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--object-feature-type", choices=("patch14-pe-size", "patch14-pe"), default="patch14-pe-size",
                    help="object features for grounding: with the learned box size embedding (default) or upstream's "
                         "patch14-pe (patch mean + centre embedding only)")
-    p.add_argument("--ground-query-type", choices=("ground-token", "ground-token-text-mean", "ground-token-text-gate"),
-                   default="ground-token",
-                   help="what the grounding head's query reads: the <ground> state (default, upstream's) or that state plus "
-                        "the mean state over the text before it")
     p.add_argument("--vision-tower-from", default=None, metavar="CHECKPOINT",
                    help="take the vision tower's weights from this checkpoint (e.g. `video3dllm pretrain-tower` output)")
 
@@ -39,12 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     out = init_small_model(args.benchmark, args.out, seed=args.seed, position_embedding=not args.no_position_embedding,
                            attention_init_scale=args.attention_init_scale, vision_tower_from=args.vision_tower_from,
-                           overrides={"object_feature_type": args.object_feature_type,
-                                      "ground_query_type": args.ground_query_type})
+                           overrides={"object_feature_type": args.object_feature_type})
     model = Video3DLLM.from_pretrained(out, device="cpu")
     print(json.dumps({"out": str(out), "parameters": sum(p.numel() for p in model.parameters()),
                       "vocab_size": len(model.tokenizer),
                       "position_embedding": model.config.world_position_embedding_type,
-                      "object_feature_type": model.config.object_feature_type,
-                      "ground_query_type": model.config.ground_query_type}))
+                      "object_feature_type": model.config.object_feature_type}))
     return 0

@@ -65,8 +65,6 @@ def random_init_(model: torch.nn.Module, seed: int) -> None:
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
-            if name == "ground_head.text_gate":  # stays 0 (upstream's query at init); the other draws stay as before
-                continue
             mean, std = _std_for(name, tuple(param.shape))
             values = torch.randn(tuple(param.shape), generator=generator, dtype=torch.float32) * std + mean
             param.copy_(values.to(param.dtype))

@@ -37,7 +37,6 @@ UPSTREAM_PREFIXES: tuple[tuple[str, str], ...] = (
     ("ground_head_query.", "ground_head.query."),
     ("ground_head_zero_target", "ground_head.zero_target"),
     ("ground_head_box_size.", "ground_head.box_size."),  # ours: object_feature_type patch14-pe-size
-    ("ground_head_text_gate", "ground_head.text_gate"),  # ours: ground_query_type ground-token-text-gate
     ("model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
 )

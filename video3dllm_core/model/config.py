@@ -92,11 +92,6 @@ def _xyz(raw: dict[str, Any], key: str) -> tuple[float, float, float]:
     return (float(value[0]), float(value[1]), float(value[2]))
 
 
-#: What the grounding head's query reads: upstream's hidden state at ``<ground>``, or (ours) that state plus
-#: the mean final state over the text between the image block and ``<ground>`` (see ``grounding.query_state``).
-GROUND_QUERY_TYPES = ("ground-token", "ground-token-text-mean", "ground-token-text-gate")
-
-
 @dataclass(frozen=True)
 class Video3DLLMConfig:
     """Everything the model needs from config.json, validated.
@@ -120,7 +115,6 @@ class Video3DLLMConfig:
     max_xyz_range: tuple[float, float, float] = (15.0, 15.0, 5.0)
     object_feature_type: str = "patch14-pe"
     ground_head_type: str | None = "infonce"
-    ground_query_type: str = "ground-token"
     ground_token_ids: tuple[int, ...] = ()
     coord_token_ids: tuple[int, ...] = ()
     tokenizer_model_max_length: int | None = None
@@ -175,7 +169,6 @@ class Video3DLLMConfig:
             max_xyz_range=_xyz(raw, "max_xyz_range"),
             object_feature_type=str(get("object_feature_type") or "patch14-pe"),
             ground_head_type=get("ground_head_type"),
-            ground_query_type=str(get("ground_query_type") or "ground-token"),
             ground_token_ids=tuple(int(i) for i in (get("ground_token_ids") or ())),
             coord_token_ids=tuple(int(i) for i in (get("coord_token_ids") or ())),
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
@@ -223,11 +216,6 @@ class Video3DLLMConfig:
             )
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")
-        if self.ground_query_type not in GROUND_QUERY_TYPES:
-            raise ConfigError(
-                f"config.json: ground_query_type {self.ground_query_type!r} not supported (use 'ground-token', upstream's, "
-                "or 'ground-token-text-mean' / 'ground-token-text-gate' for models trained here)"
-            )
         vocab = int(self.text_config.vocab_size)
         for key, ids in (("ground_token_ids", self.ground_token_ids), ("coord_token_ids", self.coord_token_ids)):
             bad = [i for i in ids if not 0 <= i < vocab]

@@ -35,21 +35,19 @@ class GroundingOutput:
     scores: torch.Tensor  # [N+1] cosine similarities; index N is the "no object" target
     obj_feat: torch.Tensor  # [N+1, H] ground_head_obj output before L2 normalisation
     query_feat: torch.Tensor  # [1, H] ground_head_query output before L2 normalisation
-    ground_hidden: torch.Tensor  # [1, H] the state the query read (``query_state``: at <ground>, + the text mean)
+    ground_hidden: torch.Tensor  # [1, H] decoder hidden state at the <ground> token
 
 
 class GroundingHead(nn.Module):
     """``ground_head_obj``, ``ground_head_query`` and ``ground_head_zero_target`` of the checkpoint, and
     ``ground_head_box_size`` when ``box_size_embedding`` (see the module docstring)."""
 
-    def __init__(self, hidden_size: int, box_size_embedding: bool = False, text_gate: bool = False) -> None:
+    def __init__(self, hidden_size: int, box_size_embedding: bool = False) -> None:
         super().__init__()
         self.obj = _head(hidden_size)
         self.query = _head(hidden_size)
         self.zero_target = nn.Parameter(torch.empty(hidden_size))
         self.box_size = nn.Linear(3, hidden_size) if box_size_embedding else None
-        # ground-token-text-gate: the learned factor on the text mean, 0 at init (the query starts as upstream's)
-        self.text_gate = nn.Parameter(torch.zeros(1)) if text_gate else None
 
     def size_embedding(self, size_xyz_m: torch.Tensor) -> torch.Tensor:
         """[N, 3] box sizes (metres) -> [N, H] learned embedding of their logarithm (sides below
@@ -66,37 +64,6 @@ class GroundingHead(nn.Module):
         query_feat = self.query(ground_hidden)
         scores = (F.normalize(obj_feat) * F.normalize(query_feat)).sum(dim=-1)
         return GroundingOutput(scores=scores, obj_feat=obj_feat, query_feat=query_feat, ground_hidden=ground_hidden)
-
-
-def query_state(hidden: torch.Tensor, start: int, ground_position: int, text_start: int,
-                query_type: str = "ground-token", text_gate: torch.Tensor | None = None) -> torch.Tensor:
-    """The [1, H] state the head's query reads, from final hidden states ``hidden`` [T, H] of merged positions
-    ``start .. start + T - 1``.
-
-    ``ground-token`` (upstream): the state at ``ground_position``. ``ground-token-text-mean`` (ours): that state
-    plus the mean state over merged positions ``text_start .. ground_position`` (the text between the image block
-    and ``<ground>``). On the synthetic benchmark the description's words (its colour, say) reach the mean of the
-    text states far more reliably than the ``<ground>`` state alone (docs/benchmarks.md, "Where grounding loses
-    the colour"); the sum keeps the head's shape, so upstream checkpoints and heads load unchanged.
-    """
-    if not start <= ground_position < start + hidden.shape[0]:
-        raise ValueError(f"<ground> position {ground_position} is outside the decoded positions {start}.."
-                         f"{start + hidden.shape[0] - 1}")
-    at_ground = hidden[ground_position - start][None]
-    if query_type == "ground-token":
-        return at_ground
-    if query_type not in ("ground-token-text-mean", "ground-token-text-gate"):
-        raise ValueError(f"ground_query_type {query_type!r} not supported (use 'ground-token', 'ground-token-text-mean' "
-                         "or 'ground-token-text-gate')")
-    if not start <= text_start <= ground_position:
-        raise ValueError(f"the text before <ground> starts at {text_start}, outside the decoded positions {start}.."
-                         f"{ground_position}; decode from the end of the image block at the latest")
-    mean = hidden[text_start - start: ground_position - start + 1].mean(dim=0, keepdim=True)
-    if query_type == "ground-token-text-gate":
-        if text_gate is None:
-            raise ValueError("ground_query_type 'ground-token-text-gate' needs the head's text_gate")
-        return at_ground + text_gate.to(mean.dtype) * mean
-    return at_ground + mean
 
 
 def select_scanrefer(scores: torch.Tensor) -> tuple[int, bool]:

@@ -39,7 +39,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, Video3DLLMConfig
 from .decoding import GenerationOutput, decode, greedy_continue, new_cache, repetition_processors
-from .grounding import GroundingHead, GroundingOutput, query_state
+from .grounding import GroundingHead, GroundingOutput
 from .layout import MergedInputs, image_block, merge_sequence, pool_features, pooled_grid_size
 from .objects import ObjectFeatures, check_boxes, mean_selected_features, min_inside_points, patch_inside_counts
 from video3dllm_core.ingest import IngestConfig
@@ -145,8 +145,7 @@ class Video3DLLM(nn.Module):
             )
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
-        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding,
-                                          text_gate=config.ground_query_type == "ground-token-text-gate")
+        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding)
                             if config.ground_head_type == "infonce" else None)
         self.tokenizer: Any = None
         self.generation_config: Any = None
@@ -422,9 +421,7 @@ class Video3DLLM(nn.Module):
             raise ValueError("this checkpoint has no grounding head (config ground_head_type is not 'infonce')")
         position = self.ground_position(merged)
         out = self.run_decoder(merged, prefix)
-        text_start = merged.image_end if merged.image_end is not None else 0
-        hidden = query_state(out.hidden, out.start, position, text_start, self.config.ground_query_type,
-                             self.ground_head.text_gate)
+        hidden = out.hidden_at(position)[None]
         return self.ground_head(objects.features, hidden)
 
 
