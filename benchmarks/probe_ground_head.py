@@ -58,6 +58,7 @@ HEAD_INPUTS = ("sum", "sum, appearance standardised", "concat, appearance standa
 class Description:
     """One cached ScanRefer description: the head's two inputs and what objects.json says."""
 
+    scene_id: str  # the room: its descriptions share appearance, position, seen, colours and labels
     question_type: str
     text: str
     targets: list[int]
@@ -116,7 +117,8 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
                 ground_state = decoded.hidden_at(model.ground_position(merged))[None]
                 own = model.ground_head(feats.features, ground_state).scores
                 rows.append(Description(
-                    question_type=str(ann.question_type), text=ann.human.splitlines()[-1], targets=list(ann.object_ids),
+                    scene_id=scene_id, question_type=str(ann.question_type), text=ann.human.splitlines()[-1],
+                    targets=list(ann.object_ids),
                     ground_state=ground_state[0].float().numpy(), text_state=decoded.hidden.mean(0).float().numpy(),
                     appearance=appearance, position=position, seen=seen,
                     colours=[o.colour for o in objects], labels=[o.label for o in objects], own_scores=own.float().numpy()))
@@ -136,7 +138,7 @@ class ProbeHead(nn.Module):
             raise ValueError(f"head input {kind!r}: expected one of {HEAD_INPUTS}")
         self.kind = kind
         width = train[0].ground_state.shape[0]
-        rooms = {id(r.appearance): r for r in train}.values()  # the descriptions of a room share its arrays
+        rooms = {r.scene_id: r for r in train}.values()  # each room's objects once, however many descriptions
         seen = np.concatenate([r.appearance[r.seen] for r in rooms])
         self.mean = torch.tensor(seen.mean(0), dtype=torch.float32)
         self.std = torch.tensor(seen.std(0) + 1e-6, dtype=torch.float32)

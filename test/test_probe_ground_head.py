@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def _rows(probe, count: int, seed: int, appearance_scale: float) -> list:
     noise 20x larger (as the centre embedding is next to a small model's appearance)."""
     rng = np.random.default_rng(seed)
     rows = []
-    for _ in range(count):
+    for k in range(count):
         colour_ids = rng.permutation(len(COLOURS)).tolist()
         colours = [COLOURS[c] for c in colour_ids]
         labels = [LABELS[int(rng.integers(len(LABELS)))] for _ in colours]
@@ -43,7 +44,8 @@ def _rows(probe, count: int, seed: int, appearance_scale: float) -> list:
         query = np.zeros(WIDTH, dtype=np.float32)
         query[colour_ids[target]] = 1.0
         rows.append(probe.Description(
-            question_type="attribute", text=f"The {colours[target]} {labels[target]}.", targets=[target],
+            scene_id=f"scene{seed}_{k}", question_type="attribute", text=f"The {colours[target]} {labels[target]}.",
+            targets=[target],
             ground_state=query, text_state=query, appearance=appearance,
             position=rng.normal(scale=1.0, size=(4, WIDTH)).astype(np.float32), seen=np.ones(4, dtype=bool),
             colours=colours, labels=labels, own_scores=np.zeros(5, dtype=np.float32)))
@@ -77,3 +79,15 @@ def test_unknown_head_inputs_are_refused_before_any_model_is_loaded(probe, tmp_p
     with pytest.raises(SystemExit, match="--inputs") as raised:
         probe.main(["--benchmark", str(tmp_path), "--model", str(tmp_path / "missing"), "--inputs", "sum;colour"])
     assert "colour" in str(raised.value)
+
+
+def test_the_standardisation_counts_each_rooms_objects_once_however_many_descriptions(probe) -> None:
+    one, other = _rows(probe, 2, 0, 0.05)
+    other.appearance = other.appearance + 10.0
+    other.seen = np.array([True, True, False, True])
+    # three descriptions of the first room, one of the second
+    rows = [one, dataclasses.replace(one, text="again"), dataclasses.replace(one, text="and again"), other]
+    head = probe.ProbeHead("sum, appearance standardised", rows)
+    seen = np.concatenate([one.appearance, other.appearance[other.seen]])
+    np.testing.assert_allclose(head.mean.numpy(), seen.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(head.std.numpy(), seen.std(0) + 1e-6, rtol=1e-5)
