@@ -149,11 +149,33 @@ def test_resume_continues_the_step_count_and_the_run(bench: Path, tmp_path: Path
     assert json.loads(lines[0])["step"] == 1 and {"loss", "lr/llm"} <= set(json.loads(lines[0]))
 
 
+def test_stop_at_step_keeps_the_schedule_and_resume_auto_finishes_the_same_run(bench: Path, tmp_path: Path) -> None:
+    full = train(_config(bench, tmp_path / "full"))
+    out = tmp_path / "screened"
+    stopped = train(_config(bench, out, stop_at_step=3))  # not a save step: the stop writes its own checkpoint
+    assert stopped.global_step == 3 and [r["step"] for r in stopped.history] == [1, 2, 3]
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-3"}
+    state = json.loads((out / "checkpoint-3" / "train_state" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and state["total_steps"] == 4
+    for a, b in zip(full.history, stopped.history):  # the cosine schedule of 4 steps, not of 3
+        assert a["lr/llm"] == pytest.approx(b["lr/llm"]) and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert stopped.history[-1]["lr/llm"] > 0
+    finished = train(_config(bench, out, resume="auto"))
+    assert finished.global_step == 4 and [r["step"] for r in finished.history] == [4]
+    assert finished.history[0]["loss"] == pytest.approx(full.history[3]["loss"], rel=1e-4)
+    final_a = load_file(str(tmp_path / "full" / "checkpoint-4" / "model.safetensors"))
+    final_b = load_file(str(out / "checkpoint-4" / "model.safetensors"))
+    for key in ("model.mm_projector.0.weight", "ground_head_zero_target", "model.layers.0.mlp.up_proj.weight"):
+        torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6)
+
+
 def test_train_config_errors_name_the_option(bench: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--grad-accum"):
         _config(bench, tmp_path, grad_accum=0).validate()
     with pytest.raises(ValueError, match="--description-loss"):
         _config(bench, tmp_path, description_loss_weight=-1.0).validate()
+    with pytest.raises(ValueError, match="--stop-at-step"):
+        _config(bench, tmp_path, stop_at_step=0).validate()
     with pytest.raises(ValueError, match="nothing to train"):
         _config(bench, tmp_path, tune_vision_tower=False, tune_projector=False, tune_llm=False).validate()
     with pytest.raises(FileNotFoundError, match="train_state"):
@@ -202,16 +224,18 @@ def test_cli_errors_are_one_line_and_name_the_problem(bench: Path, tmp_path: Pat
     assert code == 2 and "posed-images root not found" in capsys.readouterr().err
 
 
-def test_cli_description_loss_reaches_the_loss_and_the_log(bench: Path, tmp_path: Path) -> None:
+def test_cli_description_loss_and_stop_at_step_reach_the_trainer(bench: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     code = cli_main(["train", "--model", str(CKPT), "--data", str(bench / "multi.yaml"), "--posed-images", str(bench / "posed_images"),
                      "--boxes", str(bench / "metadata" / "scannet_train_gt_box.json"), "--output", str(out),
                      "--task-weights", "scanrefer=1,multi3drefer=1,scanqa=0,sqa3d=0,scan2cap=0", "--frames-upbound", "1",
-                     "--max-steps", "2", "--lr", "1e-3", "--no-tune-vision-tower", "--description-loss", "0.5",
-                     "--save-steps", "2", "--seed", "1"])
+                     "--max-steps", "3", "--stop-at-step", "2", "--lr", "1e-3", "--no-tune-vision-tower",
+                     "--description-loss", "0.5", "--save-steps", "2", "--seed", "1"])
     assert code == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
+    state = json.loads((out / "checkpoint-2" / "train_state" / "trainer_state.json").read_text())
+    assert state["total_steps"] == 3 and state["config"]["stop_at_step"] == 2
     for r in records:  # grounding-only batches: loss = InfoNCE + 0.5 * recall
         assert r["description_loss"] > 0
         assert r["loss"] == pytest.approx(r["ground_loss"] + 0.5 * r["description_loss"], rel=1e-4)

@@ -69,6 +69,7 @@ class TrainConfig:
     grad_accum: int = 1
     epochs: float = 1.0
     max_steps: int | None = None
+    stop_at_step: int | None = None
     lr: float = 1e-5
     vision_lr: float | None = 2e-6
     projector_lr: float | None = None
@@ -110,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"--batch-size and --grad-accum must be >= 1, got {self.batch_size} and {self.grad_accum}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise ValueError(f"--stop-at-step must be >= 1, got {self.stop_at_step}")
         if self.max_steps is None and not self.epochs > 0:
             raise ValueError(f"--epochs must be > 0, got {self.epochs}")
         if self.description_loss_weight < 0:
@@ -452,10 +455,13 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         checkpoints.append(directory)
         return directory
 
+    # --stop-at-step ends this call early with a checkpoint; the schedule still runs to total_steps, so
+    # `--resume auto` continues the very same run (used to screen training seeds, docs/training.md)
+    end_step = min(total_steps, cfg.stop_at_step) if cfg.stop_at_step else total_steps
     window: list[Any] = []
     t_window = time.perf_counter()
     samples_window = 0
-    while state["global_step"] < total_steps:
+    while state["global_step"] < end_step:
         sampler.set_position(state["epoch"], state["batches_in_epoch"])
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, num_workers=cfg.num_workers)
         loader = accelerator.prepare_data_loader(loader, device_placement=False)
@@ -484,9 +490,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                 if on_step is not None and accelerator.is_main_process:
                     on_step(record)
                 window, samples_window, t_window = [], 0, time.perf_counter()
-            if step % cfg.save_steps == 0 and step < total_steps:
+            if step % cfg.save_steps == 0 and step < end_step:
                 save(step)
-            if step >= total_steps:
+            if step >= end_step:
                 break
         else:
             state["epoch"] += 1

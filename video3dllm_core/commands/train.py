@@ -42,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
     o.add_argument("--epochs", type=float, default=1.0, help="epochs (default 1)")
     o.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    o.add_argument("--stop-at-step", type=int, default=None, metavar="STEP",
+                   help="stop after this step with a checkpoint, the schedule unchanged: --resume auto continues the "
+                        "same run (to screen training seeds); default: run to the end")
     o.add_argument("--lr", type=float, default=1e-5, help="LLM learning rate (default 1e-5)")
     o.add_argument("--vision-lr", type=float, default=2e-6, help="vision tower learning rate (mm_vision_tower_lr, 2e-6)")
     o.add_argument("--projector-lr", type=float, default=None, help="projector learning rate (mm_projector_lr; default --lr)")
@@ -99,7 +102,8 @@ def config_from_args(args: argparse.Namespace) -> object:
         model=args.model, data=list(args.data), posed_images=args.posed_images, output_dir=args.output, boxes=args.boxes,
         frames_file=args.frames_file, embodiedscan=args.embodiedscan, trust_pickle=args.trust_pickle,
         frame_strategy=args.frame_strategy, frames_upbound=args.frames_upbound, spatial_instruction=args.spatial_instruction,
-        batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs, max_steps=args.max_steps, stop_at_step=args.stop_at_step,
+        lr=args.lr,
         vision_lr=args.vision_lr, projector_lr=args.projector_lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, max_grad_norm=args.max_grad_norm,
         tune_vision_tower=args.tune_vision_tower, tune_projector=args.tune_projector, tune_llm=args.tune_llm, lora=args.lora,
