@@ -2,8 +2,9 @@
 
 Why: stage 1 of the embedded model's recipe takes one of two courses depending on the training seed
 (validation ScanRefer Acc@0.25 near 40 % at steps 2000-3000, or 10-34 %), and which one shows early:
-the description recall loss averaged over steps 400-600 ranks the runs nearly in the order of their
-later accuracy (docs/training.md, "Screening training seeds"). Train several seeds to step 600
+the description recall loss averaged over steps 400-600 splits the runs into those two groups, though
+not sharply at the boundary and without ordering the runs within a group (docs/training.md,
+"Screening training seeds"). Train several seeds to step 600
 (`train --stop-at-step 600`), continue the one ranked first (`train --resume auto`): no validation
 data is needed to choose.
 """
