@@ -169,6 +169,17 @@ def test_stop_at_step_keeps_the_schedule_and_resume_auto_finishes_the_same_run(b
         torch.testing.assert_close(final_a[key], final_b[key], rtol=1e-5, atol=1e-6)
 
 
+def test_a_run_stopped_between_log_steps_logs_its_partial_window(bench: Path, tmp_path: Path) -> None:
+    full = train(_config(bench, tmp_path / "full", log_steps=1))
+    stopped = train(_config(bench, tmp_path / "stopped", log_steps=2, stop_at_step=3))
+    assert [r["step"] for r in stopped.history] == [2, 3]
+    per_step = [r["loss"] for r in full.history]
+    assert stopped.history[0]["loss"] == pytest.approx((per_step[0] + per_step[1]) / 2, rel=1e-4)
+    assert stopped.history[1]["loss"] == pytest.approx(per_step[2], rel=1e-4)  # step 3 alone, not lost
+    lines = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 3]
+
+
 def test_train_config_errors_name_the_option(bench: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--grad-accum"):
         _config(bench, tmp_path, grad_accum=0).validate()

@@ -481,7 +481,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
             scheduler.step()
             state["global_step"] += 1
             step = state["global_step"]
-            if step % cfg.log_steps == 0 or step == total_steps:
+            if step % cfg.log_steps == 0 or step == end_step:  # a stopped run logs its last, partial window too
                 record = _record(accelerator, step, window, scheduler,
                                  samples_window / max(1e-9, time.perf_counter() - t_window), time.perf_counter() - t_start,
                                  state["epoch"])
