@@ -11,7 +11,8 @@ metrics, computes the chance/prior rows (`video3dllm_training.baselines`), print
 and per question type) and writes `<out>/results.json`. Answers are resumable per model and task.
 A second table splits ScanRefer's relation descriptions into finding the named label and resolving
 the relation among the objects of that label (`relation_breakdown`); a third groups Multi3DRefer's
-descriptions by how many objects they mean and counts empty answers and exact sets (`multi_breakdown`);
+descriptions by how many objects they mean and counts empty answers and exact sets (`multi_breakdown`), and
+again by what they name (a colour, a label, both, a shape, a support, a distance: `multi_kind_breakdown`);
 a fourth says how often a Scan2Cap caption names the object's colour and label and is exact (`caption_breakdown`).
 """
 
@@ -31,6 +32,8 @@ from video3dllm_training.synthetic_eval import (  # noqa: E402
     caption_table,
     evaluate_checkpoint,
     multi_breakdown,
+    multi_kind_breakdown,
+    multi_kind_table,
     multi_table,
     relation_breakdown,
     relation_table,
@@ -63,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     models = list(results)[1:]  # after the chance/prior row
     relations = {name: relation_breakdown(bench, args.split, out / name / "scanrefer.jsonl") for name in models}
     multi = {name: multi_breakdown(out / name / "multi3drefer.jsonl") for name in models}
+    multi_kinds = {name: multi_kind_breakdown(out / name / "multi3drefer.jsonl") for name in models}
     captions = {name: caption_breakdown(out / name / "scan2cap.jsonl") for name in models}
     (out / "results.json").write_text(json.dumps({"split": args.split, "limit": args.limit, "results": results,
-                                                  "relations": relations, "multi": multi, "captions": captions},
+                                                  "relations": relations, "multi": multi, "multi_kinds": multi_kinds,
+                                                  "captions": captions},
                                                  indent=2) + "\n")
     print(f"split {args.split}" + (f", first {args.limit} questions per task" if args.limit else "") + " (values x100)")
     print(results_table(results))
@@ -73,16 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     print(relation_table(relations))
     print("\nMulti3DRefer descriptions by number of targets (values x100)")
     print(multi_table(multi))
+    print("\nMulti3DRefer descriptions by what they name (values x100)")
+    print(multi_kind_table(multi_kinds))
     print("\nScan2Cap captions: the object named, the caption exact (values x100)")
     print(caption_table(captions))
     if args.record:
-        record(Path(args.record), bench, args, results, relations, multi, captions)
+        record(Path(args.record), bench, args, results, relations, multi, multi_kinds, captions)
     return 0
 
 
 def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str, Any],
            relations: dict[str, dict[str, float]], multi: dict[str, dict[str, dict[str, float]]],
-           captions: dict[str, dict[str, float]]) -> None:
+           multi_kinds: dict[str, dict[str, dict[str, float]]], captions: dict[str, dict[str, float]]) -> None:
     """results.json of the embedded default model: how the benchmark and model were made, what they score."""
     info = json.loads((bench / "benchmark.json").read_text())
     width, height = info["image_size"]
@@ -99,11 +106,13 @@ def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str,
                       "counts": info["counts"]},
         "training": {"frames_upbound": config["frames_upbound"], "checkpoint": shipped},
         "recipe": Path(args.recipe).read_text() if args.recipe else None,
-        "test": {"split": args.split, "limit": args.limit, "results": results, "relations": relations, "multi": multi,
+        "test": {"split": args.split, "limit": args.limit,
+                 "results": results, "relations": relations, "multi": multi, "multi_kinds": multi_kinds,
                  "captions": captions},
         "table": results_table(results),
         "relation_table": relation_table(relations),
         "multi_table": multi_table(multi),
+        "multi_kind_table": multi_kind_table(multi_kinds),
         "caption_table": caption_table(captions),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TASKS", "evaluate_checkpoint", "baseline_metrics", "headline", "results_table", "relation_breakdown",
-           "relation_table", "multi_breakdown", "multi_table", "caption_breakdown", "caption_table"]
+           "relation_table", "multi_breakdown", "multi_kind", "multi_kind_breakdown", "multi_kind_table", "multi_table", "caption_breakdown",
+           "caption_table"]
 
 TASKS = ("scanrefer", "multi3drefer", "scanqa", "sqa3d", "scan2cap")
 FILES = {"scanrefer": "scanrefer_vg", "multi3drefer": "multi3drefer", "scanqa": "scanqa", "sqa3d": "sqa3d",
@@ -146,6 +147,76 @@ def multi_breakdown(answers: Path) -> dict[str, dict[str, float]]:
     return {name: {"descriptions": len(rows), "answered_nothing": sum(e for e, _ in rows) / len(rows),
                    "exact": sum(f == 1.0 for _, f in rows) / len(rows), "f1": sum(f for _, f in rows) / len(rows)}
             for name, rows in groups.items() if rows}
+
+
+def multi_kind(description: str) -> str:
+    """What a synthetic Multi3DRefer description names (the generator's six templates): "colour" ("all the
+    pink objects."), "label" ("all the chairs."), "colour + label" ("all the pink chairs."), "shape" ("all the
+    round objects."), "on" ("all the objects on the table.") or "within" ("all the objects within 1.5 metres
+    of the door.")."""
+    from video3dllm_core.synthetic import COLOURS
+
+    words = description.lower().strip().rstrip(".").split()
+    if words[:2] != ["all", "the"] or len(words) < 3:
+        raise ValueError(f"{description!r} is not a synthetic Multi3DRefer description ('all the ...')")
+    rest = words[2:]
+    if rest[0] == "objects" and len(rest) > 1:
+        return {"on": "on", "within": "within"}.get(rest[1], "other")
+    if rest == ["round", "objects"]:
+        return "shape"
+    if rest[0] in COLOURS:
+        return "colour" if rest[1:] == ["objects"] else "colour + label"
+    return "label"
+
+
+def multi_kind_breakdown(answers: Path) -> dict[str, dict[str, float]]:
+    """Multi3DRefer answers grouped by :func:`multi_kind` of their description, with the counts of
+    :func:`multi_breakdown` (and ``with_targets``: how many of the descriptions mean at least one object).
+    Says which kind of description a model cannot answer (the demo's "all the pink objects." is "colour").
+    ``score_change``: over every two descriptions of the same kind in the same room (e.g. "all the pink
+    objects." and "all the green objects."), the largest change of a candidate's score, median over the pairs
+    (None without such a pair): near 0 when the words that differ do not reach the grounding head."""
+    import itertools
+
+    import numpy as np
+
+    from video3dllm_training.data.dataset import grounding_description
+    from video3dllm_training.evaluate import read_answers
+    from video3dllm_training.metrics.boxes import multi3drefer_query_f1
+
+    groups: dict[str, list[tuple[bool, float, bool]]] = {}
+    scores: dict[tuple[str, str], list[np.ndarray]] = {}
+    for row in read_answers(answers):
+        truth, pred = row["gt_response"], row["pred_response"]
+        f1 = multi3drefer_query_f1(pred, truth, (0.25,))[0.25]
+        kind = multi_kind(grounding_description(row["prompt"]))
+        groups.setdefault(kind, []).append((not pred, f1, bool(truth)))
+        scores.setdefault((kind, str(row["scene_id"])), []).append(np.asarray(row["scores"], dtype=np.float64))
+    if not groups:
+        raise ValueError(f"{answers}: no Multi3DRefer answers")
+
+    def score_change(kind: str) -> float | None:
+        changes = [float(np.abs(a - b).max()) for (k, _), rows in scores.items() if k == kind
+                   for a, b in itertools.combinations(rows, 2)]
+        return float(np.median(changes)) if changes else None
+
+    return {name: {"descriptions": len(rows), "with_targets": sum(t for _, _, t in rows),
+                   "answered_nothing": sum(e for e, _, _ in rows) / len(rows),
+                   "exact": sum(f == 1.0 for _, f, _ in rows) / len(rows), "f1": sum(f for _, f, _ in rows) / len(rows),
+                   "score_change": score_change(name)}
+            for name, rows in sorted(groups.items())}
+
+
+def multi_kind_table(breakdowns: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Markdown table of :func:`multi_kind_breakdown` per model and kind of description (values x100)."""
+    lines = ["| model | description names | descriptions (with targets) | answered nothing | exact set | F1@0.25 | "
+             "score change (not x100) |", "|---|---|---|---|---|---|---|"]
+    for name, groups in breakdowns.items():
+        for group, b in groups.items():
+            change = "-" if b["score_change"] is None else f"{b['score_change']:.3f}"
+            lines.append(f"| {name} | {group} | {int(b['descriptions'])} ({int(b['with_targets'])}) | "
+                         f"{100 * b['answered_nothing']:.1f} | {100 * b['exact']:.1f} | {100 * b['f1']:.1f} | {change} |")
+    return "\n".join(lines)
 
 
 def multi_table(breakdowns: dict[str, dict[str, dict[str, float]]]) -> str:
