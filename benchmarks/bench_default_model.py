@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="first N questions per task")
     p.add_argument("--frames-upbound", type=int, default=None,
                    help="keyframes per question (default: each model's config frames_upbound, as in its training)")
+    p.add_argument("--newline-after-image", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompts with / without upstream eval's newline after the image placeholder (default: each "
+                        "model's config.json prompt_newline_after_image; docs/prompts.md)")
     p.add_argument("--out", default="bench_default_model_out")
     p.add_argument("--record", default=None,
                    help="also write the embedded model's results.json here (the first --model is the shipped one)")
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         if not path:
             raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
         frames = args.frames_upbound or json.loads((Path(path) / "config.json").read_text())["frames_upbound"]
-        results[name] = evaluate_checkpoint(name, path, bench, args.split, out, args.limit, frames)
+        results[name] = evaluate_checkpoint(name, path, bench, args.split, out, args.limit, frames,
+                                            newline_after_image=args.newline_after_image)
     models = list(results)[1:]  # after the chance/prior row
     relations = {name: relation_breakdown(bench, args.split, out / name / "scanrefer.jsonl") for name in models}
     multi = {name: multi_breakdown(out / name / "multi3drefer.jsonl") for name in models}
@@ -106,7 +110,7 @@ def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str,
                       "counts": info["counts"]},
         "training": {"frames_upbound": config["frames_upbound"], "checkpoint": shipped},
         "recipe": Path(args.recipe).read_text() if args.recipe else None,
-        "test": {"split": args.split, "limit": args.limit,
+        "test": {"split": args.split, "limit": args.limit, "newline_after_image": args.newline_after_image,
                  "results": results, "relations": relations, "multi": multi, "multi_kinds": multi_kinds,
                  "captions": captions},
         "table": results_table(results),

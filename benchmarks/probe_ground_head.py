@@ -91,7 +91,8 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
     boxes = load_box_file(str(meta / f"scannet_{split}_gt_box.json"))
     dataset = Video3DDataset(annotations, store, model.tokenizer, boxes,
                              DatasetConfig(frame_strategy="mc", frames_upbound=frames_upbound, training=False,
-                                           spatial_instruction=False, boxes_are_gt=False))
+                                           spatial_instruction=False, boxes_are_gt=False,
+                                           newline_after_image=model.config.prompt_newline_after_image))
     by_scene: dict[str, list] = {}
     for ann in annotations:
         by_scene.setdefault(ann.scene_id, []).append(ann)

@@ -283,7 +283,8 @@ def test_model_inputs_are_the_scene_frame_coordinates(default_model: Video3DLLM,
         boxes = _boxes(answer.candidates)
         boxes[:, :3] = frame.to_scene(boxes[:, :3])
         objects = model.object_features(visual, boxes)
-        ids = build_input_ids(model.tokenizer, "scanrefer", human_turn("scanrefer", description=question)).input_ids
+        ids = build_input_ids(model.tokenizer, "scanrefer", human_turn("scanrefer", description=question),
+                              newline_after_image=model.config.prompt_newline_after_image).input_ids
         prefix = model.prefill_prefix(visual, ids)
         scores = model.ground(model.build_inputs_embeds(ids, visual), objects, prefix=prefix).scores
     engine_scores = [o.score for o in answer.candidates] + [answer.no_object_score]

@@ -275,6 +275,7 @@ def test_builtin_tower_with_wrong_width_names_mm_hidden_size(tmp_path: Path) -> 
         ("object_feature_type", "patch27-pe"),
         ("ground_head_type", "score"),
         ("ground_token_ids", [100000]),
+        ("prompt_newline_after_image", "no"),
     ],
 )
 def test_unsupported_config_values_are_named(tmp_path: Path, key: str, value: object) -> None:

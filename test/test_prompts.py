@@ -289,3 +289,29 @@ def test_training_answer_rules(tokenizer: Any) -> None:
         build_training_ids(tokenizer, "scanqa", _human_value("scanqa"))
     with pytest.raises(ValueError, match="<ground>"):
         build_training_ids(tokenizer, "scanrefer", _human_value("scanrefer"), "the table")
+
+
+def test_eval_ids_without_the_newline_after_the_image_are_the_training_layout() -> None:
+    """`newline_after_image=False` drops exactly the "\\n" after the placeholder; with the embedded model's own tokenizer
+    the result is the training ids (text tasks: up to the answer; grounding: whole, answer `<ground>`)."""
+    from video3dllm_core.default_model import DEFAULT_MODEL_DIR
+
+    tok = load_tokenizer(DEFAULT_MODEL_DIR)
+    texts = {"question": "What colour is the chair?", "situation": "I am standing at the door facing the window.",
+             "description": "The chair closest to the door."}
+    for task in Task:
+        human = human_turn(task, **{name: texts[name] for name in TASK_TEXT_FIELDS[task]})
+        upstream = build_input_ids(tok, task, human)
+        ours = build_input_ids(tok, task, human, newline_after_image=False)
+        at = upstream.image_pos
+        assert upstream.input_ids[at] == IMAGE_TOKEN_INDEX
+        assert upstream.input_ids[at + 1:at + 2] == tok("\n", add_special_tokens=False).input_ids
+        assert ours.input_ids == upstream.input_ids[:at + 1] + upstream.input_ids[at + 2:]
+        assert ours.image_pos == at
+        training = build_training_ids(tok, task, human, None if task.is_grounding else "yellow")
+        if task.is_grounding:
+            assert ours.input_ids == training.input_ids
+            assert ours.ground_pos == upstream.ground_pos - 1 == training.ground_pos
+        else:
+            assert ours.input_ids == training.input_ids[:len(ours.input_ids)]
+            assert ours.last_prompt_pos == len(ours.input_ids) - 1

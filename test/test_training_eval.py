@@ -91,6 +91,29 @@ def test_grounding_with_a_shared_prefix_equals_the_full_path(bench: Path, model:
         np.testing.assert_allclose(rec["gt_response"], ann["box"])
 
 
+def test_the_prompt_layout_follows_the_model_config_unless_overridden(bench: Path, model: Video3DLLM, tmp_path: Path) -> None:
+    """newline_after_image None -> the config's prompt_newline_after_image (the fixture: upstream's newline);
+    False -> the training layout; the recorded scores are the model's on exactly those ids."""
+    assert model.config.prompt_newline_after_image is True
+    anns = json.loads((bench / "processed" / "scanrefer_vg_val_llava_style.json").read_text())
+    store = SceneStore(bench / "posed_images")
+    boxes = {k.split("/")[-1]: np.asarray(v) for k, v in json.loads((bench / "metadata" / "scannet_val_pred_box.json").read_text()).items()}
+    scores_by_layout = {}
+    for newline in (None, False):
+        answers = tmp_path / f"{newline}.jsonl"
+        evaluate(_cfg(bench, "scanrefer", answers, limit=1, newline_after_image=newline), model=model)
+        rec = read_answers(answers)[0]
+        frames = store.frames(rec["scene_id"], "uniform", 2)
+        with torch.no_grad():
+            visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]))
+            ids = build_input_ids(model.tokenizer, Task.SCANREFER, anns[0]["conversations"][0]["value"],
+                                  newline_after_image=newline is None).input_ids
+            scores = model.ground(model.build_inputs_embeds(ids, visual), model.object_features(visual, boxes[rec["scene_id"]])).scores
+        np.testing.assert_allclose(rec["scores"], scores.numpy(), atol=2e-5)
+        scores_by_layout[newline] = rec["scores"]
+    assert scores_by_layout[None] != scores_by_layout[False]
+
+
 def test_sqa3d_metrics_split_by_the_upstream_question_type_when_the_benchmark_has_its_own() -> None:
     from video3dllm_training.evaluate import compute_metrics
 

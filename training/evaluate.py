@@ -63,6 +63,7 @@ class EvalConfig:
     device: str | None = None
     dtype: str = "auto"
     attn_implementation: str | None = None
+    newline_after_image: bool | None = None  # "\n" after the image placeholder; None: the model's config (prompt_newline_after_image)
     meteor: bool = True
     progress: bool = True
 
@@ -275,7 +276,9 @@ def evaluate(cfg: EvalConfig, model: Video3DLLM | None = None) -> EvalResult:
     boxes = load_box_file(cfg.boxes) if cfg.boxes else None
     dataset = Video3DDataset(annotations, store, model.tokenizer, boxes,
                              DatasetConfig(frame_strategy=cfg.frame_strategy, frames_upbound=cfg.frames_upbound, training=False,
-                                           spatial_instruction=False, boxes_are_gt=False))
+                                           spatial_instruction=False, boxes_are_gt=False,
+                                           newline_after_image=model.config.prompt_newline_after_image
+                                           if cfg.newline_after_image is None else cfg.newline_after_image))
     answered, skipped, model_s = generate_answers(model, dataset, questions, cfg.answers, cfg.batch_size, cfg.max_new_tokens,
                                                   cfg.num_beams, cfg.progress)
     records = read_answers(cfg.answers)

@@ -46,13 +46,16 @@ SMALL_MODEL_CONFIG: dict[str, Any] = {
     "max_position_embeddings": 4096,
     "mm_spatial_pool_stride": 9,
     "object_feature_type": "patch14-pe-size",
+    "prompt_newline_after_image": False,
 }
 """Settings of the embedded default over the reference-parity architecture (tower, projector, 3D settings,
 head: ``video3dllm_core/default_model/config.json``): a 192-wide 4-layer decoder, and 2D pooling stride 9
 (3x3 visual tokens per frame instead of 14x14: with 4 keyframes the description is a larger share of
 what the decoder attends to, and CPU training is faster; object features still average the un-pooled
 27x27 patches), and object features that also carry the box's size (``patch14-pe-size``: the small tower
-cannot see a one-colour cuboid's size, the box can; docs/training.md)."""
+cannot see a one-colour cuboid's size, the box can; docs/training.md). Inference prompts have the layout
+these models are trained with, without upstream eval's newline after the image placeholder
+(``prompt_newline_after_image``; docs/prompts.md)."""
 
 _TOKENIZER_VOCAB_SIZE = 1024
 _TEXT_FILES = ("scanqa", "sqa3d", "scan2cap", "scanrefer_vg", "multi3drefer")

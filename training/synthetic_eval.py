@@ -33,8 +33,9 @@ def headline(task: str, metrics: dict[str, Any], group: str = "all") -> dict[str
 
 
 def evaluate_checkpoint(name: str, path: str | Path, bench: Path, split: str, out: Path, limit: int | None,
-                        frames_upbound: int, model: Any = None) -> dict[str, Any]:
-    """{task: {metrics, questions}} of one checkpoint (answers under out/name/, resumable)."""
+                        frames_upbound: int, model: Any = None, newline_after_image: bool | None = None) -> dict[str, Any]:
+    """{task: {metrics, questions}} of one checkpoint (answers under out/name/, resumable); the prompt layout
+    as `EvalConfig.newline_after_image` (None: the model's config)."""
     from video3dllm_training.evaluate import EvalConfig, evaluate
 
     meta = bench / "metadata"
@@ -45,7 +46,7 @@ def evaluate_checkpoint(name: str, path: str | Path, bench: Path, split: str, ou
                          boxes=str(meta / f"scannet_{split}_gt_box.json") if task in ("scanrefer", "multi3drefer") else None,
                          frames_file=str(meta / "scannet_select_frames.json"), frame_strategy="mc",
                          frames_upbound=frames_upbound, batch_size=64, max_new_tokens=24, limit=limit, device="cpu",
-                         meteor=False, progress=False)
+                         meteor=False, progress=False, newline_after_image=newline_after_image)
         result = evaluate(cfg, model=model)
         results[task] = {"metrics": result.metrics, "questions": result.total}
         print(f"  {name} {task}: {result.total} questions, {result.seconds:.1f} s", file=sys.stderr)

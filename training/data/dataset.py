@@ -104,6 +104,8 @@ class DatasetConfig:
             detector proposals (targets = best-IoU proposals >= target_iou).
         target_iou: IoU a proposal needs to count as a target (detector candidates only).
         system: system message.
+        newline_after_image: eval ids with upstream eval's "\n" after the image placeholder (True) or without it,
+            as in training (False; ``build_input_ids``).
     """
 
     frame_strategy: str = "uniform"
@@ -113,6 +115,7 @@ class DatasetConfig:
     boxes_are_gt: bool = True
     target_iou: float = 0.5
     system: str = DEFAULT_SYSTEM_MESSAGE
+    newline_after_image: bool = True
 
 
 @dataclass
@@ -187,7 +190,8 @@ class Video3DDataset(Dataset[Sample]):
             human = with_spatial_instruction(ann.human) if cfg.spatial_instruction else ann.human
             return build_training_ids(self.tokenizer, ann.task, human, None if ann.task.is_grounding else ann.answer,  # type: ignore[arg-type]
                                       system=cfg.system)
-        return build_input_ids(self.tokenizer, ann.task, ann.human, system=cfg.system)  # type: ignore[arg-type]
+        return build_input_ids(self.tokenizer, ann.task, ann.human, system=cfg.system,  # type: ignore[arg-type]
+                               newline_after_image=cfg.newline_after_image)
 
     def candidate_boxes(self, ann: Annotation) -> np.ndarray:
         if ann.scene_id not in self.boxes:

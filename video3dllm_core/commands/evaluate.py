@@ -40,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--attn", default=None, help="attention implementation (default: the model's choice)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (needs Java)")
+    p.add_argument("--newline-after-image", action=argparse.BooleanOptionalAction, default=None,
+                   help="prompts with upstream eval's newline after the image placeholder, or without it (the training "
+                        "layout); default: the model's config.json prompt_newline_after_image (true unless set)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         embodiedscan=args.embodiedscan, trust_pickle=args.trust_pickle, metrics_out=args.metrics_out,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, limit=args.limit,
         device=args.device, dtype=args.dtype, attn_implementation=args.attn, meteor=not args.no_meteor,
+        newline_after_image=args.newline_after_image,
     )
     result = evaluate(cfg)
     print(json.dumps({"task": args.task, "answered": result.answered, "skipped": result.skipped, "questions": result.total,

@@ -449,7 +449,8 @@ class SceneEngine:
                 human = human_turn(prompt_task)
             else:
                 human = human_turn(prompt_task, description=question)
-            prompt = build_input_ids(self.model.tokenizer, prompt_task, human)
+            prompt = build_input_ids(self.model.tokenizer, prompt_task, human,
+                                     newline_after_image=self.model.config.prompt_newline_after_image)
         except ValueError as exc:
             raise QueryError(str(exc)) from None
         ids = prompt.input_ids

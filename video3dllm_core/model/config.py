@@ -118,6 +118,7 @@ class Video3DLLMConfig:
     ground_token_ids: tuple[int, ...] = ()
     coord_token_ids: tuple[int, ...] = ()
     tokenizer_model_max_length: int | None = None
+    prompt_newline_after_image: bool = True  # ours; false: no "\n" after <image> in inference prompts (training layout)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -172,6 +173,7 @@ class Video3DLLMConfig:
             ground_token_ids=tuple(int(i) for i in (get("ground_token_ids") or ())),
             coord_token_ids=tuple(int(i) for i in (get("coord_token_ids") or ())),
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
+            prompt_newline_after_image=get("prompt_newline_after_image", True),
             raw=dict(raw),
         )
         cfg.validate()
@@ -213,6 +215,11 @@ class Video3DLLMConfig:
             raise ConfigError(
                 f"config.json: object_feature_type {self.object_feature_type!r} not supported (use 'patch14-pe', "
                 "or 'patch14-pe-size' for the box size embedding of models trained here)"
+            )
+        if not isinstance(self.prompt_newline_after_image, bool):
+            raise ConfigError(
+                f"config.json: prompt_newline_after_image must be true or false, got {self.prompt_newline_after_image!r} "
+                "(true, the default: upstream eval's newline after the image placeholder; false: the training layout)"
             )
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")

@@ -471,8 +471,13 @@ def build_input_ids(
     task: str | Task,
     human_value: str,
     system: str = DEFAULT_SYSTEM_MESSAGE,
+    newline_after_image: bool = True,
 ) -> PromptIds:
     """Evaluation-time ids, exactly as upstream's eval ``preprocess_qwen``.
+
+    ``newline_after_image=False`` (ours) leaves out the ``"\n"`` after the placeholder, which upstream's eval
+    inserts and its training does not: the prompt then has the layout the model was trained with
+    (docs/prompts.md, "The eval newline, measured").
 
     ``[im_start] + tok("system") + tok("\\n") + tok(system) + [im_end] + tok("\\n")``, then
     ``tok("<|im_start|>user") + tok("\\n")``, the human value split at ``<image>`` with
@@ -516,7 +521,7 @@ def build_input_ids(
     for i, piece in enumerate(pieces):
         user_ids += add(piece, _tok(tokenizer, piece))
         if i < len(pieces) - 1:
-            user_ids += add(IMAGE_TOKEN, [IMAGE_TOKEN_INDEX]) + add("\n", nl)
+            user_ids += add(IMAGE_TOKEN, [IMAGE_TOKEN_INDEX]) + (add("\n", nl) if newline_after_image else ())
     user_ids += add(IM_END_TOKEN, [im_end]) + add("\n", nl)
     target += [im_start] + [IGNORE_INDEX] * (len(user_ids) - 3) + [im_end] + list(nl)
 
