@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str, Any],
            relations: dict[str, dict[str, float]], multi: dict[str, dict[str, dict[str, float]]],
-           multi_kinds: dict[str, dict[str, dict[str, float]]], captions: dict[str, dict[str, float]]) -> None:
+           multi_kinds: dict[str, dict[str, dict[str, float | None]]], captions: dict[str, dict[str, float]]) -> None:
     """results.json of the embedded default model: how the benchmark and model were made, what they score."""
     info = json.loads((bench / "benchmark.json").read_text())
     width, height = info["image_size"]

@@ -54,6 +54,7 @@ def test_multi_kind_names_the_generator_templates() -> None:
     assert multi_kind("All the round objects.") == "shape"
     assert multi_kind("All the objects on the green table.") == "on"
     assert multi_kind("All the objects within 1.5 metres of the door.") == "within"
+    assert multi_kind("All the objects near the door.") == "other"
     with pytest.raises(ValueError, match="not a synthetic Multi3DRefer description"):
         multi_kind("The chair closest to the door.")
 

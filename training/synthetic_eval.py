@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["TASKS", "evaluate_checkpoint", "baseline_metrics", "headline", "results_table", "relation_breakdown",
-           "relation_table", "multi_breakdown", "multi_kind", "multi_kind_breakdown", "multi_kind_table", "multi_table", "caption_breakdown",
-           "caption_table"]
+           "relation_table", "multi_breakdown", "multi_kind", "multi_kind_breakdown", "multi_kind_table", "multi_table",
+           "caption_breakdown", "caption_table"]
 
 TASKS = ("scanrefer", "multi3drefer", "scanqa", "sqa3d", "scan2cap")
 FILES = {"scanrefer": "scanrefer_vg", "multi3drefer": "multi3drefer", "scanqa": "scanqa", "sqa3d": "sqa3d",
@@ -154,7 +154,7 @@ def multi_kind(description: str) -> str:
     """What a synthetic Multi3DRefer description names (the generator's six templates): "colour" ("all the
     pink objects."), "label" ("all the chairs."), "colour + label" ("all the pink chairs."), "shape" ("all the
     round objects."), "on" ("all the objects on the table.") or "within" ("all the objects within 1.5 metres
-    of the door.")."""
+    of the door."); "other" for any other "all the objects ..." description."""
     from video3dllm_core.synthetic import COLOURS
 
     words = description.lower().strip().rstrip(".").split()
@@ -170,7 +170,7 @@ def multi_kind(description: str) -> str:
     return "label"
 
 
-def multi_kind_breakdown(answers: Path) -> dict[str, dict[str, float]]:
+def multi_kind_breakdown(answers: Path) -> dict[str, dict[str, float | None]]:
     """Multi3DRefer answers grouped by :func:`multi_kind` of their description, with the counts of
     :func:`multi_breakdown` (and ``with_targets``: how many of the descriptions mean at least one object).
     Says which kind of description a model cannot answer (the demo's "all the pink objects." is "colour").
@@ -208,15 +208,18 @@ def multi_kind_breakdown(answers: Path) -> dict[str, dict[str, float]]:
             for name, rows in sorted(groups.items())}
 
 
-def multi_kind_table(breakdowns: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Markdown table of :func:`multi_kind_breakdown` per model and kind of description (values x100)."""
+def multi_kind_table(breakdowns: dict[str, dict[str, dict[str, float | None]]]) -> str:
+    """Markdown table of :func:`multi_kind_breakdown` per model and kind of description (values x100 except the
+    score change)."""
     lines = ["| model | description names | descriptions (with targets) | answered nothing | exact set | F1@0.25 | "
              "score change (not x100) |", "|---|---|---|---|---|---|---|"]
     for name, groups in breakdowns.items():
         for group, b in groups.items():
             change = "-" if b["score_change"] is None else f"{b['score_change']:.3f}"
-            lines.append(f"| {name} | {group} | {int(b['descriptions'])} ({int(b['with_targets'])}) | "
-                         f"{100 * b['answered_nothing']:.1f} | {100 * b['exact']:.1f} | {100 * b['f1']:.1f} | {change} |")
+            n, with_targets, nothing, exact, f1 = (float(b[k] or 0.0) for k in
+                                                   ("descriptions", "with_targets", "answered_nothing", "exact", "f1"))
+            lines.append(f"| {name} | {group} | {int(n)} ({int(with_targets)}) | "
+                         f"{100 * nothing:.1f} | {100 * exact:.1f} | {100 * f1:.1f} | {change} |")
     return "\n".join(lines)
 
 
