@@ -130,24 +130,34 @@ def relation_breakdown(bench: Path, split: str, answers: Path) -> dict[str, floa
             "accuracy_given_label": correct / right_label if right_label else 0.0, "same_label_chance": chance / n}
 
 
+def _multi_answers(answers: Path) -> list[tuple[dict[str, Any], bool, float]]:
+    """Each Multi3DRefer answer with whether it is the empty set and its F1@0.25 (raises when there is none)."""
+    from video3dllm_training.evaluate import read_answers
+    from video3dllm_training.metrics.boxes import multi3drefer_query_f1
+
+    rows = [(row, not row["pred_response"], multi3drefer_query_f1(row["pred_response"], row["gt_response"], (0.25,))[0.25])
+            for row in read_answers(answers)]
+    if not rows:
+        raise ValueError(f"{answers}: no Multi3DRefer answers")
+    return rows
+
+
+def _multi_counts(rows: list[tuple[bool, float]]) -> dict[str, float]:
+    """``descriptions``, ``answered_nothing``, ``exact`` and ``f1`` of (empty answer, F1@0.25) pairs."""
+    return {"descriptions": len(rows), "answered_nothing": sum(e for e, _ in rows) / len(rows),
+            "exact": sum(f == 1.0 for _, f in rows) / len(rows), "f1": sum(f for _, f in rows) / len(rows)}
+
+
 def multi_breakdown(answers: Path) -> dict[str, dict[str, float]]:
     """Multi3DRefer answers (JSONL of ``video3dllm eval``) grouped by how many objects the description
     means ("none", "one", "several"): ``descriptions`` (count), ``answered_nothing`` (fraction whose answer
     is the empty set), ``exact`` (fraction with every target found and nothing else, F1@0.25 = 1) and
     ``f1`` (mean F1@0.25). Says whether a low F1 is wrong objects or no answer at all."""
-    from video3dllm_training.evaluate import read_answers
-    from video3dllm_training.metrics.boxes import multi3drefer_query_f1
-
     groups: dict[str, list[tuple[bool, float]]] = {"none": [], "one": [], "several": []}
-    for row in read_answers(answers):
-        truth, pred = row["gt_response"], row["pred_response"]
-        f1 = multi3drefer_query_f1(pred, truth, (0.25,))[0.25]
-        groups["none" if not truth else "one" if len(truth) == 1 else "several"].append((not pred, f1))
-    if not any(groups.values()):
-        raise ValueError(f"{answers}: no Multi3DRefer answers")
-    return {name: {"descriptions": len(rows), "answered_nothing": sum(e for e, _ in rows) / len(rows),
-                   "exact": sum(f == 1.0 for _, f in rows) / len(rows), "f1": sum(f for _, f in rows) / len(rows)}
-            for name, rows in groups.items() if rows}
+    for row, empty, f1 in _multi_answers(answers):
+        truth = row["gt_response"]
+        groups["none" if not truth else "one" if len(truth) == 1 else "several"].append((empty, f1))
+    return {name: _multi_counts(rows) for name, rows in groups.items() if rows}
 
 
 def multi_kind(description: str) -> str:
@@ -182,29 +192,22 @@ def multi_kind_breakdown(answers: Path) -> dict[str, dict[str, float | None]]:
     import numpy as np
 
     from video3dllm_training.data.dataset import grounding_description
-    from video3dllm_training.evaluate import read_answers
-    from video3dllm_training.metrics.boxes import multi3drefer_query_f1
 
-    groups: dict[str, list[tuple[bool, float, bool]]] = {}
+    groups: dict[str, list[tuple[bool, float]]] = {}
+    with_targets: dict[str, int] = {}
     scores: dict[tuple[str, str], list[np.ndarray]] = {}
-    for row in read_answers(answers):
-        truth, pred = row["gt_response"], row["pred_response"]
-        f1 = multi3drefer_query_f1(pred, truth, (0.25,))[0.25]
+    for row, empty, f1 in _multi_answers(answers):
         kind = multi_kind(grounding_description(row["prompt"]))
-        groups.setdefault(kind, []).append((not pred, f1, bool(truth)))
+        groups.setdefault(kind, []).append((empty, f1))
+        with_targets[kind] = with_targets.get(kind, 0) + bool(row["gt_response"])
         scores.setdefault((kind, str(row["scene_id"])), []).append(np.asarray(row["scores"], dtype=np.float64))
-    if not groups:
-        raise ValueError(f"{answers}: no Multi3DRefer answers")
 
     def score_change(kind: str) -> float | None:
         changes = [float(np.abs(a - b).max()) for (k, _), rows in scores.items() if k == kind
                    for a, b in itertools.combinations(rows, 2)]
         return float(np.median(changes)) if changes else None
 
-    return {name: {"descriptions": len(rows), "with_targets": sum(t for _, _, t in rows),
-                   "answered_nothing": sum(e for e, _, _ in rows) / len(rows),
-                   "exact": sum(f == 1.0 for _, f, _ in rows) / len(rows), "f1": sum(f for _, f, _ in rows) / len(rows),
-                   "score_change": score_change(name)}
+    return {name: {**_multi_counts(rows), "with_targets": with_targets[name], "score_change": score_change(name)}
             for name, rows in sorted(groups.items())}
 
 
