@@ -116,7 +116,7 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
                 merged = model.build_inputs_embeds(prompt.input_ids, visual)
                 decoded = model.run_decoder(merged, prefix)
                 ground_state = decoded.hidden_at(model.ground_position(merged))[None]
-                own = model.ground_head(feats.features, ground_state).scores
+                own = model.ground_head(feats.features, ground_state, **model.ground_inputs(merged, feats)).scores
                 rows.append(Description(
                     scene_id=scene_id, question_type=str(ann.question_type), text=ann.human.splitlines()[-1],
                     targets=list(ann.object_ids),

@@ -187,8 +187,11 @@ def test_train_config_errors_name_the_option(bench: Path, tmp_path: Path) -> Non
         _config(bench, tmp_path, description_loss_weight=-1.0).validate()
     with pytest.raises(ValueError, match="--stop-at-step"):
         _config(bench, tmp_path, stop_at_step=0).validate()
+    frozen = dict(tune_vision_tower=False, tune_projector=False, tune_llm=False)
     with pytest.raises(ValueError, match="nothing to train"):
-        _config(bench, tmp_path, tune_vision_tower=False, tune_projector=False, tune_llm=False).validate()
+        _config(bench, tmp_path, tune_ground_head=False, **frozen).validate()
+    _config(bench, tmp_path, **frozen).validate()  # the grounding head alone
+    _config(bench, tmp_path, tune_ground_head=False, attribute_match=True, **frozen).validate()  # the match alone
     with pytest.raises(FileNotFoundError, match="train_state"):
         train(_config(bench, tmp_path / "x", resume=str(tmp_path)))
 

@@ -47,8 +47,8 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
     ground_ids = torch.tensor([int(t) for t in config.ground_token_ids], dtype=torch.long)
     embeds: list[torch.Tensor] = []
     lm_labels: list[torch.Tensor] = []
-    grounding: list[tuple[int, int, torch.Tensor, tuple[int, ...], tuple[int, ...] | None]] = []
-    # (row, position, object features, targets, description token ids)
+    grounding: list[tuple[int, int, tuple[torch.Tensor, dict[str, torch.Tensor]], tuple[int, ...], tuple[int, ...] | None]] = []
+    # (row, position, (object features, the head's attribute-match inputs), targets, description token ids)
     for i in range(len(batch)):
         n = batch.lengths[i]
         ids = batch.input_ids[i, :n].tolist()
@@ -67,7 +67,8 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
             targets = batch.ground_targets[i]
             if boxes is None or targets is None:
                 raise ValueError(f"sample {batch.ids[i]}: a grounding sample needs candidate boxes and targets")
-            features = m.object_features(visual, boxes).features
+            objects = m.object_features(visual, boxes)
+            features = (objects.features, m.ground_inputs(merged, objects))
             described = batch.description_ids[i] if batch.description_ids else None
             if description_loss_weight and not described:
                 raise ValueError(f"sample {batch.ids[i]}: the description recall loss needs the description's token ids")
@@ -112,7 +113,7 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
         losses = []
         recall = []
         for row, pos, features, targets, described in grounding:
-            scores = head(features, hidden[row, pos][None]).scores
+            scores = head(features[0], hidden[row, pos][None], **features[1]).scores
             losses.append(infonce_loss(scores, targets, temperature))
             if description_loss_weight:
                 recall.append(description_recall_loss(m.logits(hidden[row, pos]), described or ()))

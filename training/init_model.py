@@ -11,6 +11,7 @@ resized, new rows initialised to the mean of the old ones) and creates the InfoN
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,30 @@ from video3dllm_core.model.config import UPSTREAM_3D_DEFAULTS, read_config_json
 from video3dllm_core.model.prompts import ensure_special_tokens, load_tokenizer
 from video3dllm_core.model.vision import resolve_tower_config
 
-__all__ = ["UPSTREAM_3D_DEFAULTS", "load_training_model", "init_from_base"]
+__all__ = ["UPSTREAM_3D_DEFAULTS", "add_attribute_match", "load_training_model", "init_from_base"]
+
+
+def add_attribute_match(model: Video3DLLM, seed: int = 0) -> None:
+    """Give ``model``'s grounding head the attribute match (ours; ``GroundingHead.match``) and set
+    ``ground_attribute_match`` in its config, so that checkpoints saved from it carry both.
+
+    The text side is initialised like a fresh ``nn.Linear`` from ``seed``, the object side with zeros:
+    the model's scores are unchanged until the match is trained (``video3dllm train --attribute-match``).
+    Raises ValueError when the model has no grounding head or already has a match.
+    """
+    from video3dllm_core.model.grounding import AttributeMatch
+
+    head = model.ground_head
+    if head is None:
+        raise ValueError("the attribute match belongs to the grounding head; this model has none (ground_head_type)")
+    if head.match is not None:
+        raise ValueError("this model already has the attribute match (config ground_attribute_match: true)")
+    ref = head.zero_target
+    match = AttributeMatch(model.hidden_size, model.config.mm_hidden_size).to(device=ref.device, dtype=ref.dtype)
+    match.reset_parameters(torch.Generator().manual_seed(int(seed)))
+    head.match = match
+    model.config = dataclasses.replace(model.config, ground_attribute_match=True,
+                                       raw={**model.config.raw, "ground_attribute_match": True})
 
 
 def load_training_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -37,6 +37,8 @@ UPSTREAM_PREFIXES: tuple[tuple[str, str], ...] = (
     ("ground_head_query.", "ground_head.query."),
     ("ground_head_zero_target", "ground_head.zero_target"),
     ("ground_head_box_size.", "ground_head.box_size."),  # ours: object_feature_type patch14-pe-size
+    ("ground_head_match_text.", "ground_head.match.text."),  # ours: ground_attribute_match
+    ("ground_head_match_obj.", "ground_head.match.obj."),
     ("model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
 )

@@ -119,6 +119,7 @@ class Video3DLLMConfig:
     coord_token_ids: tuple[int, ...] = ()
     tokenizer_model_max_length: int | None = None
     prompt_newline_after_image: bool = True  # ours; false: no "\n" after <image> in inference prompts (training layout)
+    ground_attribute_match: bool = False  # ours; true: the grounding head's attribute match (GroundingHead.match)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -174,6 +175,7 @@ class Video3DLLMConfig:
             coord_token_ids=tuple(int(i) for i in (get("coord_token_ids") or ())),
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
             prompt_newline_after_image=get("prompt_newline_after_image", True),
+            ground_attribute_match=get("ground_attribute_match", False),
             raw=dict(raw),
         )
         cfg.validate()
@@ -221,6 +223,13 @@ class Video3DLLMConfig:
                 f"config.json: prompt_newline_after_image must be true or false, got {self.prompt_newline_after_image!r} "
                 "(true, the default: upstream eval's newline after the image placeholder; false: the training layout)"
             )
+        if not isinstance(self.ground_attribute_match, bool):
+            raise ConfigError(
+                f"config.json: ground_attribute_match must be true or false, got {self.ground_attribute_match!r} "
+                "(false, the default and upstream's head; true: the attribute match of models trained here)"
+            )
+        if self.ground_attribute_match and self.ground_head_type != "infonce":
+            raise ConfigError("config.json: ground_attribute_match needs the grounding head (ground_head_type 'infonce')")
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")
         vocab = int(self.text_config.vocab_size)

@@ -46,7 +46,7 @@ from video3dllm_core.ingest import IngestConfig
 
 from .position import discretize_coords, patch_average_coords, sin3d_embedding
 from .projector import build_projector
-from .prompts import load_tokenizer
+from .prompts import load_tokenizer, special_token_ids
 from .vision import VisionTower, kept_tower_config, pixel_values_from_crops, resolve_tower_config
 
 
@@ -145,7 +145,8 @@ class Video3DLLM(nn.Module):
             )
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
-        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding)
+        self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding,
+                                          match_tower_width=config.mm_hidden_size if config.ground_attribute_match else None)
                             if config.ground_head_type == "infonce" else None)
         self.tokenizer: Any = None
         self.generation_config: Any = None
@@ -400,8 +401,11 @@ class Video3DLLM(nn.Module):
         if self.config.box_size_embedding and self.ground_head is not None:
             size_embedding = self.ground_head.size_embedding(box[:, 3:])
             features = features + size_embedding.to(before.dtype)
+        tower_mean = None
+        if self.ground_head is not None and self.ground_head.match is not None:
+            tower_mean = mean_selected_features(visual.siglip, mask)
         return ObjectFeatures(features=features, before_pe=before, center_discrete=centers, center_pe=center_pe,
-                              inside_count=counts, patch_mask=mask, size_embedding=size_embedding)
+                              inside_count=counts, patch_mask=mask, size_embedding=size_embedding, tower_mean=tower_mean)
 
     def ground_position(self, merged: MergedInputs) -> int:
         """Merged position of the (last) ``<ground>`` token, whose hidden state the head reads."""
@@ -413,16 +417,42 @@ class Video3DLLM(nn.Module):
             )
         return positions[-1]
 
+    def text_mean(self, merged: MergedInputs) -> torch.Tensor:
+        """[H] mean input embedding of the user's text after the image block (up to its ``<|im_end|>``): the
+        description as the attribute match reads it (``GroundingHead.match``)."""
+        ids = merged.input_ids
+        if merged.image_start is None:
+            raise ValueError("the attribute match reads the text after the image placeholder; input_ids have none")
+        if self.tokenizer is None:
+            raise ValueError("the attribute match needs the model's tokenizer (for <|im_end|>); load it with the checkpoint")
+        im_end = special_token_ids(self.tokenizer).im_end
+        start = merged.image_start + 1
+        stop = next((i for i in range(start, len(ids)) if ids[i] == im_end), len(ids))
+        if stop == start:
+            raise ValueError("no text between the image placeholder and <|im_end|>: the description is empty")
+        rows = [merged.merged_position(i) for i in range(start, stop)]
+        return merged.embeds[rows].float().mean(dim=0)
+
+    def ground_inputs(self, merged: MergedInputs, objects: ObjectFeatures) -> dict[str, torch.Tensor]:
+        """The grounding head's keyword inputs beyond features and state: text_mean / tower_mean with the
+        attribute match, none without."""
+        if self.ground_head is None or self.ground_head.match is None:
+            return {}
+        if objects.tower_mean is None:
+            raise ValueError("object features lack tower_mean; compute them with this model's object_features")
+        return {"text_mean": self.text_mean(merged), "tower_mean": objects.tower_mean}
+
     @torch.no_grad()
     def ground(self, merged: MergedInputs, objects: ObjectFeatures,
                prefix: VisualPrefix | None = None) -> GroundingOutput:
-        """Cosine scores [N+1] of the candidates (last = "no object") for a grounding prompt."""
+        """Scores [N+1] of the candidates (last = "no object") for a grounding prompt: cosines, plus the
+        attribute match when the model has one."""
         if self.ground_head is None:
             raise ValueError("this checkpoint has no grounding head (config ground_head_type is not 'infonce')")
         position = self.ground_position(merged)
         out = self.run_decoder(merged, prefix)
         hidden = out.hidden_at(position)[None]
-        return self.ground_head(objects.features, hidden)
+        return self.ground_head(objects.features, hidden, **self.ground_inputs(merged, objects))
 
 
 def _fit_text_config_to_weights(config: Video3DLLMConfig, reader: WeightReader, embed_key: str,

@@ -27,6 +27,7 @@ class ObjectFeatures:
     inside_count: torch.Tensor  # [N, V, grid, grid] int32: points of each patch inside each box
     patch_mask: torch.Tensor  # [N, V, grid, grid] bool: selected patches
     size_embedding: torch.Tensor | None = None  # [N, H] learned log-size embedding (patch14-pe-size only)
+    tower_mean: torch.Tensor | None = None  # [N, mm_hidden] mean tower feature of the selected patches (attribute match only)
 
     @property
     def num_selected(self) -> list[int]:
