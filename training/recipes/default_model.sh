@@ -32,12 +32,23 @@ GROUND=scanrefer=2,multi3drefer=1,scanqa=0,sqa3d=0,scan2cap=0
 MIX=scanrefer=4,multi3drefer=2,scanqa=2,sqa3d=2,scan2cap=1
 for v in pe no_pe; do train "$WORK/init_$v" "$WORK/ground_$v" 3000 1e-3 $GROUND & done; wait
 for v in pe no_pe; do train "$WORK/ground_$v/checkpoint-3000" "$WORK/run_$v" 1500 5e-4 $MIX & done; wait
+#    stage 3: the grounding head's attribute match added (ground_attribute_match) and trained alone, everything else
+#    frozen, on grounding only, 2400 steps at lr 3e-4 (docs/training.md, "The attribute match").
+match() {  # input output
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $V train --model "$1" --data "$B/multi.yaml" --posed-images "$B/posed_images" \
+    --boxes "$M/scannet_train_gt_box.json" --frames-file "$M/scannet_select_frames.json" --frame-strategy mc \
+    --frames-upbound 4 --task-weights $GROUND --no-spatial-instruction --attribute-match \
+    --no-tune-vision-tower --no-tune-projector --no-tune-llm --no-tune-ground-head \
+    --batch-size 4 --max-steps 2400 --lr 3e-4 --no-gradient-checkpointing --attn sdpa \
+    --warmup-ratio 0.03 --output "$2" --log-steps 50 --save-steps 800 --save-total-limit 4 --seed 0
+}
+for v in pe no_pe; do match "$WORK/run_$v/checkpoint-1500" "$WORK/match_$v" & done; wait
 
 # 4. held-out test split: both models next to chance/prior; results.json for the package
-$PY benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/run_pe/checkpoint-1500" \
-  --model no_3d_pe="$WORK/run_no_pe/checkpoint-1500" --out "$WORK/results" --record "$WORK/results/results.json" \
+$PY benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/match_pe/checkpoint-2400" \
+  --model no_3d_pe="$WORK/match_no_pe/checkpoint-2400" --out "$WORK/results" --record "$WORK/results/results.json" \
   --recipe training/recipes/default_model.sh
 
 # 5. ship: the checkpoint's files (not train_state/) and the recorded results
-# cp -r "$WORK/run_pe/checkpoint-1500"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json,tiny-siglip-so400m-patch14-384} \
+# cp -r "$WORK/match_pe/checkpoint-2400"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json,tiny-siglip-so400m-patch14-384} \
 #   "$WORK/results/results.json" video3dllm_core/default_model/
