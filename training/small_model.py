@@ -137,6 +137,7 @@ def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: in
     ids = ensure_special_tokens(tokenizer)
     raw = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
     raw.pop("frames_upbound", None)  # recorded by training; a fresh model has none
+    raw.pop("ground_attribute_match", None)  # added by the recipe's stage 3 (train --attribute-match)
     raw.update(SMALL_MODEL_CONFIG)
     raw.update(overrides or {})
     raw.update({
