@@ -37,6 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from video3dllm_core.model import Video3DLLM  # noqa: E402
 from video3dllm_core.model.grounding import select_scanrefer  # noqa: E402
 from video3dllm_core.model.modeling import VisualFeatures  # noqa: E402
+from video3dllm_core.model.objects import ObjectFeatures  # noqa: E402
 from video3dllm_core.model.prompts import Task, build_input_ids  # noqa: E402
 from video3dllm_training.data import SceneStore, load_box_file, load_frames_file  # noqa: E402
 from video3dllm_training.data.annotations import load_annotations  # noqa: E402
@@ -105,8 +106,11 @@ def swap_test(model: Video3DLLM, bench: Path, split: str, limit: int | None = No
     newline = model.config.prompt_newline_after_image
     out = Swap()
     boxes = load_box_file(meta / f"scannet_{split}_gt_box.json")
+    objects_of: dict[str, ObjectFeatures] = {}  # each room's candidates once, however many descriptions
     for ann in load_annotations(processed / f"scanrefer_vg_{split}_llava_style.json", tasks=["scanrefer"])[:limit]:
-        objects = model.object_features(visual_of(ann.scene_id), boxes[ann.scene_id])
+        if ann.scene_id not in objects_of:
+            objects_of[ann.scene_id] = model.object_features(visual_of(ann.scene_id), boxes[ann.scene_id])
+        objects = objects_of[ann.scene_id]
         ids = build_input_ids(model.tokenizer, ann.task, ann.human, newline_after_image=newline).input_ids
         chosen = []
         for room in (ann.scene_id, others[ann.scene_id]):
