@@ -28,7 +28,9 @@ def models(bench: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     root = tmp_path_factory.mktemp("models")
     out = {}
     for name, extra in (("pe", []), ("pe_again", []), ("seed1", ["--seed", "1"]), ("nope", ["--no-position-embedding"]),
-                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"])):
+                        ("qk1", ["--attention-init-scale", "1"]), ("upstream", ["--object-feature-type", "patch14-pe"]),
+                        ("calibrated", ["--calibrate-projector"]),
+                        ("calibrated_nope", ["--calibrate-projector", "--no-position-embedding"])):
         assert cli_main(["init-model", str(bench), str(root / name), *extra]) == 0
         out[name] = root / name
     return out
@@ -111,6 +113,56 @@ def test_box_size_embedding_is_the_learned_map_of_the_log_size(models: dict[str,
         model.ground_head.box_size.bias.add_(1.0)  # type: ignore[union-attr]
     again = Video3DLLM.from_pretrained(save_checkpoint(model, tmp_path / "saved"), device="cpu")
     torch.testing.assert_close(again.ground_head.box_size.bias, model.ground_head.box_size.bias)  # type: ignore[union-attr]
+
+
+def _visual(model: Video3DLLM, bench: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tower patches [N, mm_hidden], pooled visual tokens [T, H], their position embedding [T, H]) of the
+    4 max-coverage keyframes of the benchmark's ``split`` room."""
+    from video3dllm_training.data import SceneStore, load_box_file, load_frames_file
+
+    meta = bench / "metadata"
+    store = SceneStore(bench / "posed_images", frames_file=load_frames_file(meta / "scannet_select_frames.json"),
+                       ingest_config=model.ingest_config())
+    (room,) = load_box_file(meta / f"scannet_{split}_gt_box.json")
+    frames = store.frames(room, "mc", 4)
+    with torch.no_grad():
+        visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]),
+                                     np.stack([f.patch_world_coords for f in frames]))
+    return visual.siglip.flatten(0, 1), visual.pooled.flatten(0, 1), visual.position_embedding.flatten(0, 1)
+
+
+def test_projector_calibration_puts_visual_content_at_the_position_embeddings_scale(
+        bench: Path, models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from video3dllm_training.small_model import calibrate_projector_
+
+    calibrated = Video3DLLM.from_pretrained(models["calibrated"], device="cpu")
+    default = Video3DLLM.from_pretrained(models["pe"], device="cpu")
+    # only the projector differs; the ablation gets the same projector (same tower, same frames)
+    a, b, c = (load_file(str(models[n] / "model.safetensors")) for n in ("calibrated", "pe", "calibrated_nope"))
+    assert a.keys() == b.keys()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {f"model.mm_projector.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
+    assert all(torch.equal(a[k], c[k]) for k in changed)
+    # on the train room it was calibrated on: every projected unit has mean 0 and the sin3d embedding's RMS
+    patches, _, _ = _visual(calibrated, bench, "train")
+    with torch.no_grad():
+        projected = calibrated.mm_projector(patches)
+    assert float(projected.mean(0).abs().max()) < 1e-3
+    torch.testing.assert_close(projected.std(0), torch.full((projected.shape[1],), 2 ** -0.5), rtol=1e-3, atol=1e-4)
+    # on a held-out room: how much the visual tokens differ from one another, against the position embedding
+    # they are added to (PyTorch's defaults: about a quarter)
+    ratios = {}
+    for name, model in (("calibrated", calibrated), ("default", default)):
+        _, pooled, pe = _visual(model, bench, "val")
+        ratios[name] = float((pooled - pooled.mean(0)).norm(dim=-1).mean() / pe.norm(dim=-1).mean())
+    assert ratios["calibrated"] > 0.7 and ratios["default"] < 0.35, ratios
+    empty = tmp_path / "empty"
+    (empty / "metadata").mkdir(parents=True)
+    (empty / "metadata" / "scannet_train_gt_box.json").write_text("{}")
+    with pytest.raises(ValueError, match="no train room.*--calibrate-projector"):
+        calibrate_projector_(default, empty)
 
 
 def test_tokenizer_learns_the_benchmark_words(bench: Path, models: dict[str, Path]) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from video3dllm_core.default_model import DEFAULT_MODEL_DIR, random_init_
@@ -99,6 +100,54 @@ def train_tokenizer(texts: Iterator[str] | list[str], vocab_size: int = _TOKENIZ
 #: input-dependent attention from the start (docs/training.md, "The embedded default model").
 ATTENTION_INIT_SCALE = 4.0
 
+PROJECTOR_CALIBRATION_ROOMS = 24
+"""Train rooms whose 4 max-coverage keyframes calibrate the projector (`calibrate_projector_`): ~70 k patches."""
+
+
+def calibrate_projector_(model: Video3DLLM, benchmark_dir: str | Path, rooms: int = PROJECTOR_CALIBRATION_ROOMS) -> dict[str, float]:
+    """Data-dependent initialisation of the projector (Salimans & Kingma 2016): each linear layer is
+    shifted and scaled so that, over the tower's patch features of ``rooms`` train rooms of the benchmark,
+    every output unit has mean 0 and standard deviation 1, the last layer's ``1/sqrt(2)``: the root mean
+    square of one dimension of the sin3d position embedding the projected patches are added to.
+
+    Why: with PyTorch's layer defaults the visual tokens of a fresh model differ from one another by about a
+    quarter of the norm of the position embedding added to them, and in the model trained from there
+    (the shipped one) by under 1 %: its decoder, whose first RMSNorm sees the sum, cannot tell one room's
+    video from another's (docs/training.md, "The decoder does not read the video"). Calibrated, content and
+    position enter the decoder at the same scale, and a fresh decoder starts reading a question only the
+    video answers sooner; the recipe's training still flattens the tokens by the end of its stage 1
+    ("The recipe's training flattens the video tokens"), so the shipped recipe does not use it yet.
+    Returns the calibrated output's mean per-unit std and the number of patches it was measured on.
+    """
+    from video3dllm_training.data import SceneStore, load_box_file, load_frames_file
+
+    bench = Path(benchmark_dir)
+    scenes = sorted(load_box_file(bench / "metadata" / "scannet_train_gt_box.json"))[:rooms]
+    if not scenes:
+        raise ValueError(f"{bench}: metadata/scannet_train_gt_box.json lists no train room to calibrate the projector on; "
+                         "rebuild the benchmark with `video3dllm make-benchmark` or leave out --calibrate-projector")
+    store = SceneStore(bench / "posed_images", frames_file=load_frames_file(bench / "metadata" / "scannet_select_frames.json"),
+                       ingest_config=model.ingest_config())
+    layers = [m for m in model.mm_projector.modules() if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        patches = []
+        for scene in scenes:
+            frames = store.frames(scene, "mc", 4)
+            patches.append(model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]),
+                                               np.stack([f.patch_world_coords for f in frames])).siglip.flatten(0, 1).float())
+        x = torch.cat(patches)
+        count = int(x.shape[0])
+        for k, layer in enumerate(layers):
+            out = layer(x)
+            mean, std = out.mean(0), out.std(0).clamp_min(1e-6)
+            target = 1.0 if k < len(layers) - 1 else 2.0 ** -0.5
+            layer.weight.mul_((target / std)[:, None])
+            layer.bias.copy_((layer.bias - mean) * target / std)
+            x = layer(x)
+            if k < len(layers) - 1:
+                x = torch.nn.functional.gelu(x)  # the projector's exact-erf GELU between its linear layers
+    return {"projector_output_std": float(x.std(0).mean()), "calibration_patches": float(count)}
+
 
 def _fresh_init_(model: Video3DLLM, seed: int, attention_init_scale: float = ATTENTION_INIT_SCALE) -> None:
     """Initialise for training from scratch: the tower (trained with the rest in our recipe) and the learned vectors from
@@ -124,11 +173,14 @@ def _fresh_init_(model: Video3DLLM, seed: int, attention_init_scale: float = ATT
 
 def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: int = 0, position_embedding: bool = True,
                      vocab_size: int = _TOKENIZER_VOCAB_SIZE, overrides: dict[str, Any] | None = None,
-                     attention_init_scale: float = ATTENTION_INIT_SCALE, vision_tower_from: str | Path | None = None) -> Path:
+                     attention_init_scale: float = ATTENTION_INIT_SCALE, vision_tower_from: str | Path | None = None,
+                     calibrate_projector: bool = False) -> Path:
     """Write a fresh small Video-3D LLM (weights from ``seed``) with a tokenizer trained on ``benchmark_dir``.
 
     ``vision_tower_from``: a checkpoint whose vision tower replaces the fresh one (e.g. the output of
     `video3dllm pretrain-tower`, so that the paper's ablation starts from the same pretrained tower).
+    ``calibrate_projector``: scale the projector on the benchmark's train frames (`calibrate_projector_`)
+    instead of keeping PyTorch's layer defaults (the shipped model's recipe keeps the defaults).
 
     Returns the checkpoint folder (upstream layout: config.json, model.safetensors, tower config,
     tokenizer, generation_config.json), ready for ``video3dllm train --model``.
@@ -161,6 +213,8 @@ def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: in
         except RuntimeError as exc:
             raise ValueError(f"vision_tower_from={str(vision_tower_from)!r}: its vision tower does not fit the small "
                              f"model's ({exc})") from None
+    if calibrate_projector:
+        calibrate_projector_(model, benchmark_dir)
     model.tokenizer = tokenizer
     generation = json.loads((DEFAULT_MODEL_DIR / "generation_config.json").read_text())
     generation.update({"bos_token_id": raw["bos_token_id"], "eos_token_id": raw["eos_token_id"],

@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "patch14-pe (patch mean + centre embedding only)")
     p.add_argument("--vision-tower-from", default=None, metavar="CHECKPOINT",
                    help="take the vision tower's weights from this checkpoint (e.g. `video3dllm pretrain-tower` output)")
+    p.add_argument("--calibrate-projector", action="store_true",
+                   help="scale the projector on the benchmark's train frames so that visual content and 3D position "
+                        "enter the decoder at the same scale (default: PyTorch's layer defaults, as the shipped model)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = init_small_model(args.benchmark, args.out, seed=args.seed, position_embedding=not args.no_position_embedding,
                            attention_init_scale=args.attention_init_scale, vision_tower_from=args.vision_tower_from,
+                           calibrate_projector=args.calibrate_projector,
                            overrides={"object_feature_type": args.object_feature_type})
     model = Video3DLLM.from_pretrained(out, device="cpu")
     print(json.dumps({"out": str(out), "parameters": sum(p.numel() for p in model.parameters()),
