@@ -8,6 +8,8 @@ sorted order, from any split) - with everything else the room's own: the prompt,
 candidate boxes (ground truth) and their object features, computed from the room's own frames. A
 decoder that reads the video changes its answers when the video changes; one that does not, does not.
 
+* Video token spread: how far each room's pooled, projected video tokens lie from their mean (the content
+  the decoder could read), next to the norm of the 3D position embedding added to them (mean over rooms).
 * ScanRefer: accuracy with the eval rule (argmax, no-object fallback), own video and other room's video,
   and how many descriptions changed their chosen box.
 * ScanQA, SQA3D, Scan2Cap: teacher-forced on the reference answer (the eval prompt, Scan2Cap's box
@@ -55,6 +57,17 @@ class Swap:
     ground_changed: list[bool] = field(default_factory=list)  # chosen box differs
     answer_ce: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # task: (own, other)
     first_word: dict[str, tuple[list[bool], list[bool]]] = field(default_factory=dict)
+    token_spread: list[float] = field(default_factory=list)  # per room: pooled tokens' mean distance from their mean
+    pe_norm: list[float] = field(default_factory=list)  # per room: mean norm of the tokens' 3D position embedding
+
+
+def token_spread(visual: VisualFeatures) -> tuple[float, float]:
+    """(how much a room's video tokens differ from one another: the mean distance of its pooled, projected
+    patch features from their mean, the mean norm of the 3D position embedding added to them). The
+    decoder sees their sum; content that is a few per cent of the embedding is not there to read."""
+    pooled = visual.pooled.flatten(0, -2).float()
+    spread = (pooled - pooled.mean(0)).norm(dim=-1).mean()
+    return float(spread), float(visual.position_embedding.flatten(0, -2).float().norm(dim=-1).mean())
 
 
 def other_rooms(bench: Path) -> dict[str, str]:
@@ -136,6 +149,11 @@ def swap_test(model: Video3DLLM, bench: Path, split: str, limit: int | None = No
                 ce[k].append(loss)
                 first[k].append(right)
         out.answer_ce[task.value], out.first_word[task.value] = ce, first
+    for room in sorted({a.scene_id for a in load_annotations(processed / f"scanrefer_vg_{split}_llava_style.json",
+                                                             tasks=["scanrefer"])}):
+        spread, pe = token_spread(visual_of(room))
+        out.token_spread.append(spread)
+        out.pe_norm.append(pe)
     return out
 
 
@@ -147,12 +165,13 @@ def table(results: list[tuple[str, Swap]]) -> str:
         return f"{float(np.mean(values)):.3f}" if values else "-"
 
     tasks = [t.value for t in ANSWER_TASKS]
-    head = ["model", "ScanRefer acc: own video / other room's", "choices changed"]
+    head = ["model", "video token spread / 3D PE norm", "ScanRefer acc: own video / other room's", "choices changed"]
     head += [f"{t} answer CE: own / other" for t in tasks]
     head += [f"{t} {'colour' if t == Task.SCAN2CAP.value else 'first'} word: own / other" for t in tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, s in results:
-        cells = [name, f"{pct(s.ground_own)} / {pct(s.ground_other)}", pct(s.ground_changed)]
+        cells = [name, f"{mean(s.token_spread)} / {mean(s.pe_norm)}", f"{pct(s.ground_own)} / {pct(s.ground_other)}",
+                 pct(s.ground_changed)]
         cells += [f"{mean(s.answer_ce[t][0])} / {mean(s.answer_ce[t][1])}" for t in tasks]
         cells += [f"{pct(s.first_word[t][0])} / {pct(s.first_word[t][1])}" for t in tasks]
         lines.append("| " + " | ".join(cells) + " |")

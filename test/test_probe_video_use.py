@@ -90,8 +90,30 @@ def test_own_video_twice_changes_nothing_and_another_rooms_does(probe, model, sm
         assert all(abs(a - b) > 1e-6 for a, b in zip(own, other)), task
 
     text = probe.table([("random", swapped)])
-    assert text.splitlines()[0].startswith("| model | ScanRefer acc: own video / other room's | choices changed |")
+    assert text.splitlines()[0].startswith(
+        "| model | video token spread / 3D PE norm | ScanRefer acc: own video / other room's | choices changed |")
     assert "scan2cap colour word: own / other" in text
+
+
+def test_token_spread_is_the_pooled_tokens_distance_from_their_mean(probe, model, small_model_benchmark: Path) -> None:
+    from video3dllm_training.data import SceneStore, load_box_file, load_frames_file
+
+    bench, meta = small_model_benchmark, small_model_benchmark / "metadata"
+    store = SceneStore(bench / "posed_images", frames_file=load_frames_file(meta / "scannet_select_frames.json"),
+                       ingest_config=model.ingest_config())
+    (room,) = load_box_file(meta / "scannet_train_gt_box.json")
+    frames = store.frames(room, "mc", 4)
+    visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]),
+                                 np.stack([f.patch_world_coords for f in frames]))
+    tokens = visual.pooled.double().numpy().reshape(-1, visual.pooled.shape[-1])  # every frame's pooled tokens
+    expected = np.mean(np.linalg.norm(tokens - tokens.mean(axis=0), axis=1))
+    pe = visual.position_embedding.double().numpy().reshape(-1, visual.pooled.shape[-1])
+    spread, pe_norm = probe.token_spread(visual)
+    assert spread == pytest.approx(expected, rel=1e-5) and spread > 0
+    assert pe_norm == pytest.approx(np.mean(np.linalg.norm(pe, axis=1)), rel=1e-5)
+    assert pe_norm == pytest.approx((model.config.hidden_size / 2) ** 0.5, rel=1e-3)  # sin/cos pairs: unit each
+    result = probe.swap_test(model, bench, "train", limit=1)
+    assert result.token_spread == [pytest.approx(spread, rel=1e-5)] and result.pe_norm == [pytest.approx(pe_norm, rel=1e-5)]
 
 
 def test_main_checks_the_model_option(probe, small_model_benchmark: Path) -> None:
