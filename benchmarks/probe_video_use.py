@@ -120,7 +120,8 @@ def swap_test(model: Video3DLLM, bench: Path, split: str, limit: int | None = No
     out = Swap()
     boxes = load_box_file(meta / f"scannet_{split}_gt_box.json")
     objects_of: dict[str, ObjectFeatures] = {}  # each room's candidates once, however many descriptions
-    for ann in load_annotations(processed / f"scanrefer_vg_{split}_llava_style.json", tasks=["scanrefer"])[:limit]:
+    descriptions = load_annotations(processed / f"scanrefer_vg_{split}_llava_style.json", tasks=["scanrefer"])
+    for ann in descriptions[:limit]:
         if ann.scene_id not in objects_of:
             objects_of[ann.scene_id] = model.object_features(visual_of(ann.scene_id), boxes[ann.scene_id])
         objects = objects_of[ann.scene_id]
@@ -149,8 +150,7 @@ def swap_test(model: Video3DLLM, bench: Path, split: str, limit: int | None = No
                 ce[k].append(loss)
                 first[k].append(right)
         out.answer_ce[task.value], out.first_word[task.value] = ce, first
-    for room in sorted({a.scene_id for a in load_annotations(processed / f"scanrefer_vg_{split}_llava_style.json",
-                                                             tasks=["scanrefer"])}):
+    for room in sorted({a.scene_id for a in descriptions}):
         spread, pe = token_spread(visual_of(room))
         out.token_spread.append(spread)
         out.pe_norm.append(pe)

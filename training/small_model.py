@@ -104,7 +104,7 @@ PROJECTOR_CALIBRATION_ROOMS = 24
 """Train rooms whose 4 max-coverage keyframes calibrate the projector (`calibrate_projector_`): ~70 k patches."""
 
 
-def calibrate_projector_(model: Video3DLLM, benchmark_dir: str | Path, rooms: int = PROJECTOR_CALIBRATION_ROOMS) -> dict[str, float]:
+def calibrate_projector_(model: Video3DLLM, benchmark_dir: str | Path, rooms: int = PROJECTOR_CALIBRATION_ROOMS) -> None:
     """Data-dependent initialisation of the projector (Salimans & Kingma 2016): each linear layer is
     shifted and scaled so that, over the tower's patch features of ``rooms`` train rooms of the benchmark,
     every output unit has mean 0 and standard deviation 1, the last layer's ``1/sqrt(2)``: the root mean
@@ -117,7 +117,6 @@ def calibrate_projector_(model: Video3DLLM, benchmark_dir: str | Path, rooms: in
     position enter the decoder at the same scale, and a fresh decoder starts reading a question only the
     video answers sooner; the recipe's training still flattens the tokens by the end of its stage 1
     ("The recipe's training flattens the video tokens"), so the shipped recipe does not use it yet.
-    Returns the calibrated output's mean per-unit std and the number of patches it was measured on.
     """
     from video3dllm_training.data import SceneStore, load_box_file, load_frames_file
 
@@ -128,7 +127,9 @@ def calibrate_projector_(model: Video3DLLM, benchmark_dir: str | Path, rooms: in
                          "rebuild the benchmark with `video3dllm make-benchmark` or leave out --calibrate-projector")
     store = SceneStore(bench / "posed_images", frames_file=load_frames_file(bench / "metadata" / "scannet_select_frames.json"),
                        ingest_config=model.ingest_config())
-    layers = [m for m in model.mm_projector.modules() if isinstance(m, torch.nn.Linear)]
+    projector = model.mm_projector
+    steps = list(projector) if isinstance(projector, torch.nn.Sequential) else [projector]  # mlpNx_gelu or linear
+    last = max(k for k, step in enumerate(steps) if isinstance(step, torch.nn.Linear))
     with torch.no_grad():
         patches = []
         for scene in scenes:
@@ -136,17 +137,14 @@ def calibrate_projector_(model: Video3DLLM, benchmark_dir: str | Path, rooms: in
             patches.append(model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]),
                                                np.stack([f.patch_world_coords for f in frames])).siglip.flatten(0, 1).float())
         x = torch.cat(patches)
-        count = int(x.shape[0])
-        for k, layer in enumerate(layers):
-            out = layer(x)
-            mean, std = out.mean(0), out.std(0).clamp_min(1e-6)
-            target = 1.0 if k < len(layers) - 1 else 2.0 ** -0.5
-            layer.weight.mul_((target / std)[:, None])
-            layer.bias.copy_((layer.bias - mean) * target / std)
-            x = layer(x)
-            if k < len(layers) - 1:
-                x = torch.nn.functional.gelu(x)  # the projector's exact-erf GELU between its linear layers
-    return {"projector_output_std": float(x.std(0).mean()), "calibration_patches": float(count)}
+        for k, step in enumerate(steps):  # each linear layer calibrated on the output of the steps before it
+            if isinstance(step, torch.nn.Linear):
+                out = step(x)
+                mean, std = out.mean(0), out.std(0).clamp_min(1e-6)
+                target = 2.0 ** -0.5 if k == last else 1.0
+                step.weight.mul_((target / std)[:, None])
+                step.bias.copy_((step.bias - mean) * target / std)
+            x = step(x)
 
 
 def _fresh_init_(model: Video3DLLM, seed: int, attention_init_scale: float = ATTENTION_INIT_SCALE) -> None:
