@@ -31,7 +31,7 @@ from video3dllm_core.model.config import UPSTREAM_3D_DEFAULTS, read_config_json
 from video3dllm_core.model.prompts import ensure_special_tokens, load_tokenizer
 from video3dllm_core.model.vision import resolve_tower_config
 
-__all__ = ["UPSTREAM_3D_DEFAULTS", "add_attribute_match", "load_training_model", "init_from_base"]
+__all__ = ["UPSTREAM_3D_DEFAULTS", "add_attribute_match", "add_relation_match", "load_training_model", "init_from_base"]
 
 
 def add_attribute_match(model: Video3DLLM, seed: int = 0) -> None:
@@ -55,6 +55,29 @@ def add_attribute_match(model: Video3DLLM, seed: int = 0) -> None:
     head.match = match
     model.config = dataclasses.replace(model.config, ground_attribute_match=True,
                                        raw={**model.config.raw, "ground_attribute_match": True})
+
+
+def add_relation_match(model: Video3DLLM, seed: int = 0) -> None:
+    """Give ``model``'s grounding head the relation match (ours; ``GroundingHead.relation``) and set
+    ``ground_relation_match`` in its config, so that checkpoints saved from it carry both.
+
+    The landmark query is initialised like fresh layers from ``seed``, the feature weights with zeros: the
+    model's scores are unchanged until the match is trained (``video3dllm train --relation-match``).
+    Raises ValueError when the model has no grounding head or already has a relation match.
+    """
+    from video3dllm_core.model.grounding import RelationMatch
+
+    head = model.ground_head
+    if head is None:
+        raise ValueError("the relation match belongs to the grounding head; this model has none (ground_head_type)")
+    if head.relation is not None:
+        raise ValueError("this model already has the relation match (config ground_relation_match: true)")
+    ref = head.zero_target
+    relation = RelationMatch(model.hidden_size).to(device=ref.device, dtype=ref.dtype)
+    relation.reset_parameters(torch.Generator().manual_seed(int(seed)))
+    head.relation = relation
+    model.config = dataclasses.replace(model.config, ground_relation_match=True,
+                                       raw={**model.config.raw, "ground_relation_match": True})
 
 
 def load_training_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -188,6 +188,7 @@ def init_small_model(benchmark_dir: str | Path, out_dir: str | Path, *, seed: in
     raw = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
     raw.pop("frames_upbound", None)  # recorded by training; a fresh model has none
     raw.pop("ground_attribute_match", None)  # added by the recipe's stage 3 (train --attribute-match)
+    raw.pop("ground_relation_match", None)  # added by the recipe's stage 4 (train --relation-match)
     raw.update(SMALL_MODEL_CONFIG)
     raw.update(overrides or {})
     raw.update({

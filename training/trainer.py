@@ -83,6 +83,7 @@ class TrainConfig:
     tune_llm: bool = True
     tune_ground_head: bool = True
     attribute_match: bool = False
+    relation_match: bool = False
     lora: bool = False
     lora_r: int = 64
     lora_alpha: int = 16
@@ -128,9 +129,9 @@ class TrainConfig:
         if self.lora and self.lora_r < 1:
             raise ValueError(f"--lora-r must be >= 1, got {self.lora_r}")
         if not (self.tune_vision_tower or self.tune_projector or self.tune_llm or self.lora or self.tune_ground_head
-                or self.attribute_match):
-            raise ValueError("nothing to train: enable at least one of vision tower, projector, LLM, LoRA, grounding head "
-                             "or --attribute-match")
+                or self.attribute_match or self.relation_match):
+            raise ValueError("nothing to train: enable at least one of vision tower, projector, LLM, LoRA, grounding head, "
+                             "--attribute-match or --relation-match")
         for name in ("mixed_precision",):
             if getattr(self, name) not in ("auto", "no", "bf16", "fp16"):
                 raise ValueError(f"--mixed-precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
@@ -155,7 +156,7 @@ class TrainResult:
 def configure_trainable(model: Video3DLLM, tune_vision_tower: bool, tune_projector: bool, tune_llm: bool,
                         tune_ground_head: bool = True) -> None:
     """requires_grad per part (upstream `mm_tunable_parts`, where the grounding head always trains); the attribute
-    match (ours) trains whenever the model has one, also with the rest of the head frozen."""
+    and relation matches (ours) train whenever the model has them, also with the rest of the head frozen."""
     model.requires_grad_(False)
     model.vision_tower.requires_grad_(tune_vision_tower)
     model.mm_projector.requires_grad_(tune_projector)
@@ -163,8 +164,9 @@ def configure_trainable(model: Video3DLLM, tune_vision_tower: bool, tune_project
     model.language_model.requires_grad_(tune_llm)
     if model.ground_head is not None:
         model.ground_head.requires_grad_(tune_ground_head)
-        if model.ground_head.match is not None:
-            model.ground_head.match.requires_grad_(True)
+        for extension in (model.ground_head.match, model.ground_head.relation):
+            if extension is not None:
+                extension.requires_grad_(True)
 
 
 def lora_target_modules(model: Video3DLLM) -> list[str]:
@@ -372,7 +374,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     from transformers import get_scheduler
 
     from video3dllm_training.forward import TrainingModule
-    from video3dllm_training.init_model import add_attribute_match, load_training_model
+    from video3dllm_training.init_model import add_attribute_match, add_relation_match, load_training_model
 
     cfg.validate()
     t_start = time.perf_counter()
@@ -406,6 +408,8 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
                                 attn_implementation=attn, allow_pickle=cfg.allow_pickle_weights)
     if cfg.attribute_match and not model.config.ground_attribute_match:
         add_attribute_match(model, seed=cfg.seed)
+    if cfg.relation_match and not model.config.ground_relation_match:
+        add_relation_match(model, seed=cfg.seed)
     configure_trainable(model, cfg.tune_vision_tower, cfg.tune_projector, cfg.tune_llm and not cfg.lora, cfg.tune_ground_head)
     lora_targets = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if cfg.lora else []
     if cfg.gradient_checkpointing:

@@ -61,6 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--attribute-match", action="store_true",
                    help="add the grounding head's attribute match (ours: ground_attribute_match) to a checkpoint without "
                         "one, text side seeded by --seed, object side zero (docs/training.md, 'The attribute match')")
+    o.add_argument("--relation-match", action="store_true",
+                   help="add the grounding head's relation match (ours: ground_relation_match) to a checkpoint without "
+                        "one, landmark query seeded by --seed, weights zero (docs/training.md, 'The relation match')")
     o.add_argument("--lora", action="store_true", help="LoRA on the LLM's linear layers; projector and grounding head stay trainable")
     o.add_argument("--lora-r", type=int, default=64)
     o.add_argument("--lora-alpha", type=int, default=16)
@@ -112,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> object:
         vision_lr=args.vision_lr, projector_lr=args.projector_lr, head_lr=args.head_lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, max_grad_norm=args.max_grad_norm,
         tune_vision_tower=args.tune_vision_tower, tune_projector=args.tune_projector, tune_llm=args.tune_llm,
-        tune_ground_head=args.tune_ground_head, attribute_match=args.attribute_match, lora=args.lora,
+        tune_ground_head=args.tune_ground_head, attribute_match=args.attribute_match, relation_match=args.relation_match,
+        lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         gradient_checkpointing=args.gradient_checkpointing, ground_loss_scale=args.ground_loss_scale,
         lm_loss_on_grounding=args.lm_loss_on_grounding, description_loss_weight=args.description_loss, task_weights=_weights(args.task_weights),

@@ -39,6 +39,9 @@ UPSTREAM_PREFIXES: tuple[tuple[str, str], ...] = (
     ("ground_head_box_size.", "ground_head.box_size."),  # ours: object_feature_type patch14-pe-size
     ("ground_head_match_text.", "ground_head.match.text."),  # ours: ground_attribute_match
     ("ground_head_match_obj.", "ground_head.match.obj."),
+    ("ground_head_relation_landmark_out.", "ground_head.relation.landmark_out."),  # ours: ground_relation_match
+    ("ground_head_relation_landmark.", "ground_head.relation.landmark."),
+    ("ground_head_relation_weights.", "ground_head.relation.weights."),
     ("model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
 )

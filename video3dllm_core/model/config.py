@@ -120,6 +120,7 @@ class Video3DLLMConfig:
     tokenizer_model_max_length: int | None = None
     prompt_newline_after_image: bool = True  # ours; false: no "\n" after <image> in inference prompts (training layout)
     ground_attribute_match: bool = False  # ours; true: the grounding head's attribute match (GroundingHead.match)
+    ground_relation_match: bool = False  # ours; true: the grounding head's relation match (GroundingHead.relation)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -176,6 +177,7 @@ class Video3DLLMConfig:
             tokenizer_model_max_length=get("tokenizer_model_max_length"),
             prompt_newline_after_image=get("prompt_newline_after_image", True),
             ground_attribute_match=get("ground_attribute_match", False),
+            ground_relation_match=get("ground_relation_match", False),
             raw=dict(raw),
         )
         cfg.validate()
@@ -230,6 +232,13 @@ class Video3DLLMConfig:
             )
         if self.ground_attribute_match and self.ground_head_type != "infonce":
             raise ConfigError("config.json: ground_attribute_match needs the grounding head (ground_head_type 'infonce')")
+        if not isinstance(self.ground_relation_match, bool):
+            raise ConfigError(
+                f"config.json: ground_relation_match must be true or false, got {self.ground_relation_match!r} "
+                "(false, the default and upstream's head; true: the relation match of models trained here)"
+            )
+        if self.ground_relation_match and self.ground_head_type != "infonce":
+            raise ConfigError("config.json: ground_relation_match needs the grounding head (ground_head_type 'infonce')")
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")
         vocab = int(self.text_config.vocab_size)

@@ -146,7 +146,8 @@ class Video3DLLM(nn.Module):
         self.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
         self.ground_head = (GroundingHead(hidden, box_size_embedding=config.box_size_embedding,
-                                          match_tower_width=config.mm_hidden_size if config.ground_attribute_match else None)
+                                          match_tower_width=config.mm_hidden_size if config.ground_attribute_match else None,
+                                          relation_match=config.ground_relation_match)
                             if config.ground_head_type == "infonce" else None)
         self.tokenizer: Any = None
         self.generation_config: Any = None
@@ -405,7 +406,8 @@ class Video3DLLM(nn.Module):
         if self.ground_head is not None and self.ground_head.match is not None:
             tower_mean = mean_selected_features(visual.siglip, mask)
         return ObjectFeatures(features=features, before_pe=before, center_discrete=centers, center_pe=center_pe,
-                              inside_count=counts, patch_mask=mask, size_embedding=size_embedding, tower_mean=tower_mean)
+                              inside_count=counts, patch_mask=mask, size_embedding=size_embedding, tower_mean=tower_mean,
+                              boxes_m=box)
 
     def ground_position(self, merged: MergedInputs) -> int:
         """Merged position of the (last) ``<ground>`` token, whose hidden state the head reads."""
@@ -435,12 +437,20 @@ class Video3DLLM(nn.Module):
 
     def ground_inputs(self, merged: MergedInputs, objects: ObjectFeatures) -> dict[str, torch.Tensor]:
         """The grounding head's keyword inputs beyond features and state: text_mean / tower_mean with the
-        attribute match, none without."""
-        if self.ground_head is None or self.ground_head.match is None:
+        attribute match, text_mean / boxes_m with the relation match, none without either."""
+        head = self.ground_head
+        if head is None or (head.match is None and head.relation is None):
             return {}
-        if objects.tower_mean is None:
-            raise ValueError("object features lack tower_mean; compute them with this model's object_features")
-        return {"text_mean": self.text_mean(merged), "tower_mean": objects.tower_mean}
+        inputs = {"text_mean": self.text_mean(merged)}
+        if head.match is not None:
+            if objects.tower_mean is None:
+                raise ValueError("object features lack tower_mean; compute them with this model's object_features")
+            inputs["tower_mean"] = objects.tower_mean
+        if head.relation is not None:
+            if objects.boxes_m is None:
+                raise ValueError("object features lack boxes_m; compute them with this model's object_features")
+            inputs["boxes_m"] = objects.boxes_m
+        return inputs
 
     @torch.no_grad()
     def ground(self, merged: MergedInputs, objects: ObjectFeatures,

@@ -28,6 +28,7 @@ class ObjectFeatures:
     patch_mask: torch.Tensor  # [N, V, grid, grid] bool: selected patches
     size_embedding: torch.Tensor | None = None  # [N, H] learned log-size embedding (patch14-pe-size only)
     tower_mean: torch.Tensor | None = None  # [N, mm_hidden] mean tower feature of the selected patches (attribute match only)
+    boxes_m: torch.Tensor | None = None  # [N, 6] the candidate boxes (centre xyz, size xyz; scene frame, metres), float32
 
     @property
     def num_selected(self) -> list[int]:
