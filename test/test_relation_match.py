@@ -93,8 +93,10 @@ def test_head_adds_the_relation_score_to_the_real_candidates_only() -> None:
         out = head(features, hidden, text_mean=t, boxes_m=boxes)
     assert out.relation is not None and out.landmark is not None
     z = standardise_over_candidates(relation_features(boxes, out.landmark))
-    torch.testing.assert_close(out.relation, -z[:, 0])
-    torch.testing.assert_close(out.scores, cosine.scores + torch.cat([-z[:, 0], torch.zeros(1)]))
+    expected = -z[:, 0] - (-z[:, 0]).max()  # the closest candidate keeps its cosine, the others drop
+    torch.testing.assert_close(out.relation, expected)
+    assert float(out.relation.max()) == 0.0 and int(out.relation.argmax()) == int(z[:, 0].argmin())
+    torch.testing.assert_close(out.scores, cosine.scores + torch.cat([expected, torch.zeros(1)]))
     with pytest.raises(ValueError, match="pass text_mean and boxes_m"):
         head(features, hidden, text_mean=t)
     with pytest.raises(ValueError, match="has no relation match"):

@@ -258,15 +258,27 @@ def test_generated_relation_answers_match_an_independent_recomputation() -> None
                 d = sorted((float(np.linalg.norm(_xy(o) - _xy(ref))), o["id"]) for o in floor if o["label"] == m[1])
                 assert d[1][0] - d[0][0] >= 0.3 and d[0][1] == target["id"]
                 checked["refer closest"] = checked.get("refer closest", 0) + 1
+            if m := re.fullmatch(r"The .+ (?:closest to|farthest from|seen from|on) the (.+)\.", desc):
+                # the anchor is the object the relation is to, named by its label alone
+                assert it["metadata"]["anchor_ids"] == [_resolve(m[1], objs)["id"]], desc
+                checked["refer anchor"] = checked.get("refer anchor", 0) + 1
+            else:
+                assert "anchor_ids" not in it["metadata"], desc
         for it in anns[Task.MULTI3DREFER]:
             desc = it["conversations"][0]["value"].split("\n")[-2]
+            if m := re.fullmatch(r"All the objects (?:on|within [0-9.]+ metres? of) the (.+)\.", desc):
+                assert it["metadata"]["anchor_ids"] == [_resolve(m[1], objs)["id"]], desc
+                checked["multi anchor"] = checked.get("multi anchor", 0) + 1
+            else:
+                assert "anchor_ids" not in it["metadata"], desc
             if m := re.fullmatch(r"All the (\w+) objects\.", desc):
                 expected = [o["id"] for o in floor if (o["colour"] == m[1] or (m[1] == "round" and o["shape"] in ROUND_SHAPES))]
                 assert it["metadata"]["object_id"] == expected
                 assert it["metadata"]["upstream_question_type"] == ("zt_wo_d", "st_wo_d", "mt")[min(len(expected), 2)]
                 checked["multi colour"] = checked.get("multi colour", 0) + 1
     assert all(checked.get(k, 0) >= 5 for k in ("closest", "closest to", "farthest from", "leftmost", "rightmost", "count",
-                                                  "count colour", "side", "refer closest", "multi colour")), checked
+                                                  "count colour", "side", "refer closest", "multi colour", "refer anchor",
+                                                  "multi anchor")), checked
 
 
 def test_annotations_are_consistent_and_typed() -> None:

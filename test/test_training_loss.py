@@ -169,3 +169,50 @@ def test_loss_backpropagates_to_every_trained_part(model: Any, samples: dict[Tas
     finally:
         model.zero_grad(set_to_none=True)
         model.requires_grad_(False)
+
+
+@torch.no_grad()
+def test_landmark_loss_is_the_relation_match_attention_on_the_anchor(model: Video3DLLM, samples: dict[Task, Sample],
+                                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    import copy
+    import dataclasses
+
+    from video3dllm_training.init_model import add_relation_match
+
+    relation = copy.deepcopy(model)
+    add_relation_match(relation, seed=0)
+    refer = samples[Task.SCANREFER]
+    n = len(refer.boxes)  # type: ignore[arg-type]
+    anchored = dataclasses.replace(refer, anchor_ids=(n - 1,))
+    batch = Collator()([anchored, samples[Task.SCANQA]])
+    assert batch.anchor_ids == [(n - 1,), ()]
+    plain = batch_forward(relation, batch)
+    out = batch_forward(relation, batch, landmark_loss_weight=0.5)
+    visual = relation.encode_frames(refer.crop_rgb, refer.world_coords, refer.patch_world_coords)
+    merged = relation.build_inputs_embeds(refer.input_ids.tolist(), visual)
+    landmark = relation.ground(merged, relation.object_features(visual, refer.boxes)).landmark
+    assert landmark is not None and landmark.shape == (n,)
+    expected = -math.log(float(landmark[n - 1]) + 1e-6)
+    assert math.isclose(float(out.loss), float(plain.loss) + 0.5 * expected, rel_tol=1e-4)
+    assert out.ground_loss == plain.ground_loss
+    # without anchors, or without a relation match, the weight adds nothing
+    unanchored = Collator()([refer, samples[Task.SCANQA]])
+    assert float(batch_forward(relation, unanchored, landmark_loss_weight=0.5).loss) == float(batch_forward(relation, unanchored).loss)
+    assert float(batch_forward(model, batch, landmark_loss_weight=0.5).loss) == float(batch_forward(model, batch).loss)
+
+
+def test_dataset_reads_anchor_ids_and_rejects_ones_outside_the_room(tmp_path: Path, model: Video3DLLM) -> None:
+    out = tmp_path / "b"
+    make_benchmark(out, scenes=2, seed=9, frames_per_scene=4, width=64, height=48, val_fraction=0.5)
+    anns, _ = load_data_mixture(out / "multi.yaml")
+    boxes = load_box_file(out / "metadata" / "scannet_train_gt_box.json")
+    ds = Video3DDataset(anns, SceneStore(out / "posed_images"), model.tokenizer, boxes, DatasetConfig(frames_upbound=1))
+    with_anchor = [i for i, a in enumerate(ds.annotations) if a.raw["metadata"].get("anchor_ids")]
+    assert with_anchor, "the benchmark's relation descriptions carry anchor_ids"
+    i = with_anchor[0]
+    assert ds[i].anchor_ids == tuple(ds.annotations[i].raw["metadata"]["anchor_ids"])
+    plain = next(i for i, a in enumerate(ds.annotations) if a.task.is_grounding and "anchor_ids" not in a.raw["metadata"])
+    assert ds[plain].anchor_ids == ()
+    ds.annotations[i].raw["metadata"]["anchor_ids"] = [99]
+    with pytest.raises(ValueError, match=r"metadata.anchor_ids \[99\] outside the scene's \d+ ground-truth boxes"):
+        ds[i]

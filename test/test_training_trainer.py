@@ -185,6 +185,10 @@ def test_train_config_errors_name_the_option(bench: Path, tmp_path: Path) -> Non
         _config(bench, tmp_path, grad_accum=0).validate()
     with pytest.raises(ValueError, match="--description-loss"):
         _config(bench, tmp_path, description_loss_weight=-1.0).validate()
+    with pytest.raises(ValueError, match="--landmark-loss must be >= 0"):
+        _config(bench, tmp_path, landmark_loss_weight=-1.0).validate()
+    with pytest.raises(ValueError, match="--landmark-loss trains the relation match's landmark attention: add --relation-match"):
+        train(_config(bench, tmp_path, landmark_loss_weight=1.0))
     with pytest.raises(ValueError, match="--stop-at-step"):
         _config(bench, tmp_path, stop_at_step=0).validate()
     frozen = dict(tune_vision_tower=False, tune_projector=False, tune_llm=False)

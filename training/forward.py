@@ -39,7 +39,8 @@ class ForwardOutput:
 
 
 def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0, lm_loss_on_grounding: bool = False,
-                  temperature: float = GROUND_TEMPERATURE, description_loss_weight: float = 0.0) -> ForwardOutput:
+                  temperature: float = GROUND_TEMPERATURE, description_loss_weight: float = 0.0,
+                  landmark_loss_weight: float = 0.0) -> ForwardOutput:
     """Loss = mean LM cross-entropy + ground_loss_scale * mean InfoNCE (see training/loss.py)
     [+ description_loss_weight * mean description recall loss of the grounding samples, ``description_recall_loss``]."""
     m: Any = model  # a Video3DLLM (typed loosely: accelerate may hand over a wrapper's inner module)
@@ -112,12 +113,19 @@ def batch_forward(model: nn.Module, batch: Batch, ground_loss_scale: float = 1.0
             raise ValueError("grounding samples need a model with a grounding head (ground_head_type 'infonce')")
         losses = []
         recall = []
+        landmark_losses = []
         for row, pos, features, targets, described in grounding:
-            scores = head(features[0], hidden[row, pos][None], **features[1]).scores
+            out = head(features[0], hidden[row, pos][None], **features[1])
+            scores = out.scores
             losses.append(infonce_loss(scores, targets, temperature))
+            anchors = batch.anchor_ids[row] if batch.anchor_ids else ()
+            if landmark_loss_weight and anchors and out.landmark is not None:
+                landmark_losses.append(-torch.log(out.landmark[list(anchors)].sum() + 1e-6))
             if description_loss_weight:
                 recall.append(description_recall_loss(m.logits(hidden[row, pos]), described or ()))
         ground = torch.stack(losses).mean()
+        if landmark_losses:
+            total = total + landmark_loss_weight * torch.stack(landmark_losses).mean()
         total = total + ground_loss_scale * ground
         ground_value = float(ground.detach())
         if recall:
@@ -132,14 +140,16 @@ class TrainingModule(nn.Module):
     """`forward(batch) -> ForwardOutput` around a Video3DLLM (what accelerate prepares and wraps)."""
 
     def __init__(self, model: nn.Module, ground_loss_scale: float = 1.0, lm_loss_on_grounding: bool = False,
-                 temperature: float = GROUND_TEMPERATURE, description_loss_weight: float = 0.0) -> None:
+                 temperature: float = GROUND_TEMPERATURE, description_loss_weight: float = 0.0,
+                 landmark_loss_weight: float = 0.0) -> None:
         super().__init__()
         self.model = model
         self.ground_loss_scale = float(ground_loss_scale)
         self.lm_loss_on_grounding = lm_loss_on_grounding
         self.temperature = float(temperature)
         self.description_loss_weight = float(description_loss_weight)
+        self.landmark_loss_weight = float(landmark_loss_weight)
 
     def forward(self, batch: Batch) -> ForwardOutput:
         return batch_forward(self.model, batch, self.ground_loss_scale, self.lm_loss_on_grounding, self.temperature,
-                             self.description_loss_weight)
+                             self.description_loss_weight, self.landmark_loss_weight)

@@ -54,6 +54,10 @@ Every annotation carries `metadata.question_type` (attribute / relation / count 
 QUESTION_TYPES), `metadata.relation` (closest, farthest, leftmost, rightmost, side, front_behind,
 on, within, next_to, largest, smallest, or null) and `metadata.upstream_question_type` (upstream's
 own split: ScanRefer/Scan2Cap unique/multiple, Multi3DRefer zt/st_w(o)_d/mt, SQA3D what/is/how/...).
+ScanRefer and Multi3DRefer descriptions of a relation to another object ("closest to the door", "seen from the
+window", "on the bed", "within 2 metres of the sofa") also carry `metadata.anchor_ids`: that object's id (Sr3D's
+"anchor"); the relation match's landmark loss trains on it (`video3dllm train --landmark-loss`). Version 4 added
+it; every question, answer, box and frame is the same as version 2's (3 was an unmerged branch, docs/training.md).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ __all__ = [
 ]
 
 # Bump whenever the same arguments would produce different files (scenes, templates, margins).
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "4"
 SPLITS = ("train", "val", "test")
 QUESTION_TYPES = ("attribute", "relation", "count", "size")
 ANNOTATION_FILES = {
@@ -382,12 +386,12 @@ def _sqa_items(s: _Scene, rng: np.random.Generator) -> list[tuple[str, str, str,
     return out
 
 
-def _refer_items(s: _Scene) -> list[tuple[str, SceneObject, str, str | None]]:
-    """ScanRefer (description, target, question type, relation) of a scene."""
-    out: list[tuple[str, SceneObject, str, str | None]] = []
+def _refer_items(s: _Scene) -> list[tuple[str, SceneObject, str, str | None, SceneObject | None]]:
+    """ScanRefer (description, target, question type, relation, anchor: the object the relation is to) of a scene."""
+    out: list[tuple[str, SceneObject, str, str | None, SceneObject | None]] = []
     for o in s.floor:
         if sum(x.colour == o.colour for x in s.instances(o.label)) == 1:
-            out.append((f"the {o.colour} {o.label}.", o, "attribute", None))
+            out.append((f"the {o.colour} {o.label}.", o, "attribute", None, None))
     for lab in s.multi:
         inst = s.instances(lab)
         for ref in s.refs:
@@ -395,40 +399,44 @@ def _refer_items(s: _Scene) -> list[tuple[str, SceneObject, str, str | None]]:
                 continue
             for word, fn, name in (("closest to", rel.closest_to, "closest"), ("farthest from", rel.farthest_from, "farthest")):
                 if (hit := fn(inst, ref)) is not None:
-                    out.append((f"the {lab} {word} the {ref.label}.", hit, "relation", name))
+                    out.append((f"the {lab} {word} the {ref.label}.", hit, "relation", name, ref))
             view = s.viewpoint(ref)
             for word, side_fn in (("leftmost", rel.leftmost), ("rightmost", rel.rightmost)):
                 if view is not None and (hit := side_fn(inst, view)) is not None:
-                    out.append((f"the {word} {lab} seen from the {ref.label}.", hit, "relation", word))
+                    out.append((f"the {word} {lab} seen from the {ref.label}.", hit, "relation", word, ref))
         for word, size_fn in (("largest", rel.largest), ("smallest", rel.smallest)):
             if (hit := size_fn(inst)) is not None:
-                out.append((f"the {word} {lab}.", hit, "size", word))
+                out.append((f"the {word} {lab}.", hit, "size", word, None))
     for sup in s.floor:
         on = rel.objects_on(sup, s.floor)
         if len(on) == 1 and s.name(sup) is not None and len(s.instances(on[0].label)) > 1:
-            out.append((f"the {on[0].label} on the {s.name(sup)}.", on[0], "relation", "on"))
+            out.append((f"the {on[0].label} on the {s.name(sup)}.", on[0], "relation", "on", sup))
     return out
 
 
-def _multi_items(s: _Scene, rng: np.random.Generator) -> list[tuple[str, list[SceneObject], str, str | None, str | None]]:
-    """Multi3DRefer (description, targets, question type, relation, label named) of a scene."""
-    out: list[tuple[str, list[SceneObject], str, str | None, str | None]] = []
+def _multi_items(s: _Scene, rng: np.random.Generator
+                 ) -> list[tuple[str, list[SceneObject], str, str | None, str | None, SceneObject | None]]:
+    """Multi3DRefer (description, targets, question type, relation, label named, anchor) of a scene."""
+    out: list[tuple[str, list[SceneObject], str, str | None, str | None, SceneObject | None]] = []
     for c in s.colours:
-        out.append((f"all the {c} objects.", rel.matching(s.floor, colour=c), "attribute", None, None))
+        out.append((f"all the {c} objects.", rel.matching(s.floor, colour=c), "attribute", None, None, None))
     for lab in s.labels:
-        out.append((f"all the {_plural(lab)}.", s.instances(lab), "attribute", None, lab))
+        out.append((f"all the {_plural(lab)}.", s.instances(lab), "attribute", None, lab, None))
     for lab in s.multi:
         c = s.colours[int(rng.integers(len(s.colours)))]
-        out.append((f"all the {c} {_plural(lab)}.", rel.matching(s.floor, label=lab, colour=c), "attribute", None, lab))
+        out.append((f"all the {c} {_plural(lab)}.", rel.matching(s.floor, label=lab, colour=c), "attribute", None, lab,
+                    None))
     for sup in s.floor:
         if sup.label in SUPPORTS and s.name(sup) is not None:
-            out.append((f"all the objects on the {s.name(sup)}.", rel.objects_on(sup, s.floor), "relation", "on", None))
+            out.append((f"all the objects on the {s.name(sup)}.", rel.objects_on(sup, s.floor), "relation", "on", None,
+                        sup))
     for ref in s.refs:
         r = WITHIN_RADII_M[int(rng.integers(len(WITHIN_RADII_M)))]
         hits = rel.within(s.floor, ref, r)
         if hits is not None:
             unit = "metre" if r == 1 else "metres"
-            out.append((f"all the objects within {r:g} {unit} of the {ref.label}.", hits, "relation", "within", None))
+            out.append((f"all the objects within {r:g} {unit} of the {ref.label}.", hits, "relation", "within", None,
+                        ref))
     return out
 
 
@@ -497,15 +505,18 @@ def scene_annotations(spec: SceneSpec, scene_id: str, split: str, pred_boxes: np
     def refer_type(o: SceneObject) -> str:
         return "unique" if len(s.instances(o.label)) == 1 else "multiple"
 
+    def anchored(anchor: SceneObject | None) -> dict[str, Any]:
+        return {} if anchor is None else {"anchor_ids": [anchor.id]}
+
     refer: list[Item] = [(t, item(Task.SCANREFER, 0, human_turn(Task.SCANREFER, description=d), "<ground>",
-                                  _meta(t, r, refer_type(o), ann_id=0, object_id=o.id), box=_box(o)))
-                         for d, o, t, r in _refer_items(s)]
+                                  _meta(t, r, refer_type(o), ann_id=0, object_id=o.id, **anchored(a)), box=_box(o)))
+                         for d, o, t, r, a in _refer_items(s)]
     out[Task.SCANREFER] = _cap(refer, caps, rng)
 
     multi: list[Item] = [(t, item(Task.MULTI3DREFER, 0, human_turn(Task.MULTI3DREFER, description=d), "<ground>",
                                   _meta(t, r, _m3d_upstream_type(targets, lab, s.floor), ann_id=0,
-                                        object_id=[o.id for o in targets]), box=[_box(o) for o in targets]))
-                         for d, targets, t, r, lab in _multi_items(s, rng)]
+                                        object_id=[o.id for o in targets], **anchored(a)), box=[_box(o) for o in targets]))
+                         for d, targets, t, r, lab, a in _multi_items(s, rng)]
     out[Task.MULTI3DREFER] = _cap(multi, caps, rng)
     absent = [c for c in BENCHMARK_COLOURS if c not in s.colours]
     always = [("all the round objects.", rel.matching(s.floor, shapes=ROUND_SHAPES))]

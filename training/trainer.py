@@ -93,6 +93,7 @@ class TrainConfig:
     lm_loss_on_grounding: bool = False
     ground_temperature: float = 0.07
     description_loss_weight: float = 0.0
+    landmark_loss_weight: float = 0.0  # ours: the relation match's landmark attention against metadata.anchor_ids
     task_weights: dict[str, float] | None = None
     group_by_task: bool = True
     save_steps: int = 500
@@ -120,6 +121,8 @@ class TrainConfig:
             raise ValueError(f"--epochs must be > 0, got {self.epochs}")
         if self.description_loss_weight < 0:
             raise ValueError(f"--description-loss must be >= 0, got {self.description_loss_weight}")
+        if self.landmark_loss_weight < 0:
+            raise ValueError(f"--landmark-loss must be >= 0, got {self.landmark_loss_weight}")
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
@@ -410,6 +413,9 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
         add_attribute_match(model, seed=cfg.seed)
     if cfg.relation_match and not model.config.ground_relation_match:
         add_relation_match(model, seed=cfg.seed)
+    if cfg.landmark_loss_weight and not model.config.ground_relation_match:
+        raise ValueError("--landmark-loss trains the relation match's landmark attention: add --relation-match "
+                         "(or start from a checkpoint with ground_relation_match)")
     configure_trainable(model, cfg.tune_vision_tower, cfg.tune_projector, cfg.tune_llm and not cfg.lora, cfg.tune_ground_head)
     lora_targets = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) if cfg.lora else []
     if cfg.gradient_checkpointing:
@@ -432,7 +438,7 @@ def train(cfg: TrainConfig, on_step: Callable[[dict[str, Any]], None] | None = N
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(round(cfg.warmup_ratio * total_steps)),
                               num_training_steps=total_steps)
     module = TrainingModule(model, cfg.ground_loss_scale, cfg.lm_loss_on_grounding, cfg.ground_temperature,
-                            cfg.description_loss_weight)
+                            cfg.description_loss_weight, cfg.landmark_loss_weight)
     module, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if plugin is not None and int(plugin.zero_stage or 0) == 3:

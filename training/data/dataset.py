@@ -134,6 +134,7 @@ class Sample:
     ground_targets: tuple[int, ...] | None = None  # target indices among boxes; () = no object
     coord_xyz: torch.Tensor | None = None  # [3] float32 (Scan2Cap)
     description_ids: tuple[int, ...] | None = None  # distinct token ids of a grounding description (training)
+    anchor_ids: tuple[int, ...] = ()  # indices among boxes of a relation's reference object (metadata.anchor_ids; training)
     frame_names: tuple[str, ...] = ()
     prompt: PromptIds | None = field(default=None, repr=False)
 
@@ -159,6 +160,7 @@ class Batch:
     ground_targets: list[tuple[int, ...] | None]
     coord_xyz: list[torch.Tensor | None]
     description_ids: list[tuple[int, ...] | None] = field(default_factory=list)
+    anchor_ids: list[tuple[int, ...]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -223,6 +225,12 @@ class Video3DDataset(Dataset[Sample]):
                 sample.ground_targets = grounding_targets(ann.object_ids, candidates, ann.boxes, cfg.boxes_are_gt, where,
                                                           cfg.target_iou)
                 sample.description_ids = description_token_ids(self.tokenizer, ann.human)
+                anchors = tuple(int(i) for i in (ann.raw.get("metadata") or {}).get("anchor_ids") or ())
+                if anchors and cfg.boxes_are_gt:
+                    if not all(0 <= i < len(candidates) for i in anchors):
+                        raise ValueError(f"{where}: metadata.anchor_ids {list(anchors)} outside the scene's "
+                                         f"{len(candidates)} ground-truth boxes")
+                    sample.anchor_ids = anchors
         if ann.task is Task.SCAN2CAP:
             if ann.box_input is None:
                 if cfg.training:
@@ -266,6 +274,7 @@ class Collator:
             ground_targets=[s.ground_targets for s in samples],
             coord_xyz=[s.coord_xyz for s in samples],
             description_ids=[s.description_ids for s in samples],
+            anchor_ids=[s.anchor_ids for s in samples],
         )
 
 

@@ -61,6 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--attribute-match", action="store_true",
                    help="add the grounding head's attribute match (ours: ground_attribute_match) to a checkpoint without "
                         "one, text side seeded by --seed, object side zero (docs/training.md, 'The attribute match')")
+    o.add_argument("--landmark-loss", type=float, default=0.0,
+                   help="weight of the relation match's landmark loss: its attention against the annotation's "
+                        "metadata.anchor_ids (the reference object of a relation description); 0 = off")
     o.add_argument("--relation-match", action="store_true",
                    help="add the grounding head's relation match (ours: ground_relation_match) to a checkpoint without "
                         "one, landmark query seeded by --seed, weights zero (docs/training.md, 'The relation match')")
@@ -119,7 +122,8 @@ def config_from_args(args: argparse.Namespace) -> object:
         lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         gradient_checkpointing=args.gradient_checkpointing, ground_loss_scale=args.ground_loss_scale,
-        lm_loss_on_grounding=args.lm_loss_on_grounding, description_loss_weight=args.description_loss, task_weights=_weights(args.task_weights),
+        lm_loss_on_grounding=args.lm_loss_on_grounding, description_loss_weight=args.description_loss,
+        landmark_loss_weight=args.landmark_loss, task_weights=_weights(args.task_weights),
         group_by_task=args.group_by_task, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         resume=args.resume, log_steps=args.log_steps, seed=args.seed, num_workers=args.num_workers,
         mixed_precision=args.mixed_precision, dtype=args.dtype, attn_implementation=args.attn, save_dtype=args.save_dtype,

@@ -26,7 +26,10 @@ landmark in the video tokens (docs/benchmarks.md, "Does the decoder read the vid
 one of the candidates, so the head finds it there: a landmark query from the description (the ``<ground>``
 state and the mean text embedding) attends over the candidates' head embeddings, and each candidate gets
 the geometry of its box relative to that soft landmark (`relation_features`), standardised over the room,
-weighted by the description. Everything is in the scene frame, z up, metres; "seen from X" faces the mean
+weighted by the description, minus its largest value: the match only lowers the candidates that fit the
+relation worse than the best one, so it reorders the candidates without lifting any of them over the "no
+object" target (a zero-mean term would lift the best, and "all the pink objects" would stop being answered
+"nothing" when nothing is pink). Everything is in the scene frame, z up, metres; "seen from X" faces the mean
 of the candidate centres (the benchmark's rule faces the room centre, `video3dllm_training.relations`).
 The weights start at zero, so adding the relation match leaves a trained model's scores unchanged.
 """
@@ -174,7 +177,8 @@ class RelationMatch(nn.Module):
         cosines = F.normalize(candidate_embeddings.to(dtype), dim=-1) @ F.normalize(query, dim=-1)
         landmark = torch.softmax(cosines.float() / RELATION_LANDMARK_TEMPERATURE, dim=0)
         features = standardise_over_candidates(relation_features(boxes_m, landmark))
-        return features.to(dtype) @ self.weights(description.to(dtype)), landmark
+        relation = features.to(dtype) @ self.weights(description.to(dtype))
+        return relation - relation.max(), landmark
 
 
 class GroundingHead(nn.Module):
