@@ -103,6 +103,10 @@ def test_head_adds_the_relation_score_to_the_real_candidates_only() -> None:
         plain(features, hidden, boxes_m=boxes)
     with pytest.raises(ValueError, match="3 boxes for 4 candidates"):
         head(features, hidden, text_mean=t, boxes_m=boxes[:3])
+    with torch.no_grad():  # no candidate at all: only the "no object" score, unchanged
+        none = head(features[:0], hidden, text_mean=t, boxes_m=boxes[:0])
+    assert none.scores.shape == (1,) and none.relation is not None and none.relation.shape == (0,)
+    torch.testing.assert_close(none.scores, plain(features[:0], hidden).scores)
 
 
 def test_an_added_relation_match_changes_nothing_until_trained_and_round_trips(init_model: Path, tmp_path: Path) -> None:

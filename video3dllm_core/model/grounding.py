@@ -173,6 +173,9 @@ class RelationMatch(nn.Module):
         if boxes_m.shape[0] != candidate_embeddings.shape[0]:
             raise ValueError(f"relation match: {boxes_m.shape[0]} boxes for {candidate_embeddings.shape[0]} candidates")
         dtype = self.weights.weight.dtype
+        if boxes_m.shape[0] == 0:  # no candidate: nothing to reorder (only the "no object" target is scored)
+            empty = candidate_embeddings.new_zeros(0, dtype=dtype)
+            return empty, empty.float()
         query = self.landmark_out(self.landmark(description.to(dtype)))
         cosines = F.normalize(candidate_embeddings.to(dtype), dim=-1) @ F.normalize(query, dim=-1)
         landmark = torch.softmax(cosines.float() / RELATION_LANDMARK_TEMPERATURE, dim=0)
