@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,25 @@ def small_model_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert cli_main(["make-benchmark", str(out), "--scenes", "3", "--seed", "5", "--frames", "6", "--width", "64",
                      "--height", "48"]) == 0
     return out
+
+
+@pytest.fixture
+def train_head_extension_alone(small_model_benchmark: Path) -> Callable[[Path, str, Path], Path]:
+    """``run(model, flag, out)``: `video3dllm train` of ``model`` on ``small_model_benchmark``'s grounding tasks with
+    one grounding-head extension added by ``flag`` (``--attribute-match``, ``--relation-match``) and everything else
+    frozen, 3 steps at lr 1e-2; returns the checkpoint folder of step 3."""
+    from video3dllm_core.cli import main as cli_main
+
+    def run(model: Path, flag: str, out: Path) -> Path:
+        bench = small_model_benchmark
+        code = cli_main(["train", "--model", str(model), "--data", str(bench / "multi.yaml"),
+                         "--posed-images", str(bench / "posed_images"),
+                         "--boxes", str(bench / "metadata" / "scannet_train_gt_box.json"),
+                         "--task-weights", "scanrefer=1,multi3drefer=1,scanqa=0,sqa3d=0,scan2cap=0", "--frames-upbound", "1",
+                         flag, "--no-tune-vision-tower", "--no-tune-projector", "--no-tune-llm",
+                         "--no-tune-ground-head", "--max-steps", "3", "--lr", "1e-2", "--batch-size", "2",
+                         "--output", str(out), "--save-steps", "3", "--seed", "0"])
+        assert code == 0
+        return out / "checkpoint-3"
+
+    return run

@@ -5,6 +5,7 @@ text it reads, and the training option that trains it alone."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -150,24 +151,17 @@ def test_config_key_is_validated_by_name(init_model: Path) -> None:
     assert not Video3DLLMConfig.from_dict(raw).ground_attribute_match
 
 
-def test_training_the_match_alone_changes_only_the_match(init_model: Path, small_model_benchmark: Path,
-                                                         tmp_path: Path) -> None:
-    bench, out = small_model_benchmark, tmp_path / "s3"
-    code = cli_main(["train", "--model", str(init_model), "--data", str(bench / "multi.yaml"),
-                     "--posed-images", str(bench / "posed_images"), "--boxes", str(bench / "metadata" / "scannet_train_gt_box.json"),
-                     "--task-weights", "scanrefer=1,multi3drefer=1,scanqa=0,sqa3d=0,scan2cap=0", "--frames-upbound", "1",
-                     "--attribute-match", "--no-tune-vision-tower", "--no-tune-projector", "--no-tune-llm",
-                     "--no-tune-ground-head", "--max-steps", "3", "--lr", "1e-2", "--batch-size", "2",
-                     "--output", str(out), "--save-steps", "3", "--seed", "0"])
-    assert code == 0
-    start, end = load_file(str(init_model / "model.safetensors")), load_file(str(out / "checkpoint-3" / "model.safetensors"))
+def test_training_the_match_alone_changes_only_the_match(init_model: Path, tmp_path: Path,
+                                                         train_head_extension_alone: Callable[[Path, str, Path], Path]) -> None:
+    trained = train_head_extension_alone(init_model, "--attribute-match", tmp_path / "s3")
+    start, end = load_file(str(init_model / "model.safetensors")), load_file(str(trained / "model.safetensors"))
     assert set(end) - set(start) == {"ground_head_match_text.weight", "ground_head_match_obj.weight"}
     for key, value in start.items():
         torch.testing.assert_close(end[key], value, rtol=0, atol=0, msg=key)
     assert float(end["ground_head_match_obj.weight"].abs().max()) > 0  # trained away from its zero start
-    assert json.loads((out / "checkpoint-3" / "config.json").read_text())["ground_attribute_match"] is True
+    assert json.loads((trained / "config.json").read_text())["ground_attribute_match"] is True
     # what trains: only the match when the head is frozen; the whole head otherwise
-    model = Video3DLLM.from_pretrained(out / "checkpoint-3", device="cpu")
+    model = Video3DLLM.from_pretrained(trained, device="cpu")
     configure_trainable(model, False, False, False, tune_ground_head=False)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"ground_head.match.text.weight",
                                                                           "ground_head.match.obj.weight"}

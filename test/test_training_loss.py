@@ -7,6 +7,8 @@ InfoNCE of the scores `Video3DLLM.ground` computes on the unpadded sequence.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,10 @@ from video3dllm_core.model import Video3DLLM
 from video3dllm_core.model.constants import IGNORE_INDEX
 from video3dllm_core.model.prompts import Task, human_turn
 from video3dllm_training.data import DatasetConfig, SceneStore, Video3DDataset, load_box_file, load_data_mixture
+from video3dllm_training.data.annotations import parse_annotation
 from video3dllm_training.data.dataset import Collator, Sample, description_token_ids, grounding_description, with_spatial_instruction
 from video3dllm_training.forward import batch_forward
+from video3dllm_training.init_model import add_relation_match
 from video3dllm_training.loss import description_recall_loss, infonce_loss
 from video3dllm_training.synthetic_benchmark import make_benchmark
 
@@ -174,11 +178,6 @@ def test_loss_backpropagates_to_every_trained_part(model: Any, samples: dict[Tas
 @torch.no_grad()
 def test_landmark_loss_is_the_relation_match_attention_on_the_anchor(model: Video3DLLM, samples: dict[Task, Sample],
                                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
-    import copy
-    import dataclasses
-
-    from video3dllm_training.init_model import add_relation_match
-
     relation = copy.deepcopy(model)
     add_relation_match(relation, seed=0)
     refer = samples[Task.SCANREFER]
@@ -210,9 +209,12 @@ def test_dataset_reads_anchor_ids_and_rejects_ones_outside_the_room(tmp_path: Pa
     with_anchor = [i for i, a in enumerate(ds.annotations) if a.raw["metadata"].get("anchor_ids")]
     assert with_anchor, "the benchmark's relation descriptions carry anchor_ids"
     i = with_anchor[0]
-    assert ds[i].anchor_ids == tuple(ds.annotations[i].raw["metadata"]["anchor_ids"])
+    assert ds[i].anchor_ids == ds.annotations[i].anchor_ids == tuple(ds.annotations[i].raw["metadata"]["anchor_ids"])
     plain = next(i for i, a in enumerate(ds.annotations) if a.task.is_grounding and "anchor_ids" not in a.raw["metadata"])
-    assert ds[plain].anchor_ids == ()
-    ds.annotations[i].raw["metadata"]["anchor_ids"] = [99]
+    assert ds[plain].anchor_ids == ds.annotations[plain].anchor_ids == ()
+    ds.annotations[i] = dataclasses.replace(ds.annotations[i], anchor_ids=(99,))
     with pytest.raises(ValueError, match=r"metadata.anchor_ids \[99\] outside the scene's \d+ ground-truth boxes"):
         ds[i]
+    bad = {**ds.annotations[i].raw, "metadata": {**ds.annotations[i].raw["metadata"], "anchor_ids": ["door"]}}
+    with pytest.raises(ValueError, match=r"field 'metadata.anchor_ids' must be an integer or a list of integers"):
+        parse_annotation(bad, "x")

@@ -44,17 +44,8 @@ def add_attribute_match(model: Video3DLLM, seed: int = 0) -> None:
     """
     from video3dllm_core.model.grounding import AttributeMatch
 
-    head = model.ground_head
-    if head is None:
-        raise ValueError("the attribute match belongs to the grounding head; this model has none (ground_head_type)")
-    if head.match is not None:
-        raise ValueError("this model already has the attribute match (config ground_attribute_match: true)")
-    ref = head.zero_target
-    match = AttributeMatch(model.hidden_size, model.config.mm_hidden_size).to(device=ref.device, dtype=ref.dtype)
-    match.reset_parameters(torch.Generator().manual_seed(int(seed)))
-    head.match = match
-    model.config = dataclasses.replace(model.config, ground_attribute_match=True,
-                                       raw={**model.config.raw, "ground_attribute_match": True})
+    _add_head_extension(model, "match", "ground_attribute_match", "attribute match",
+                        AttributeMatch(model.hidden_size, model.config.mm_hidden_size), seed)
 
 
 def add_relation_match(model: Video3DLLM, seed: int = 0) -> None:
@@ -67,17 +58,23 @@ def add_relation_match(model: Video3DLLM, seed: int = 0) -> None:
     """
     from video3dllm_core.model.grounding import RelationMatch
 
+    _add_head_extension(model, "relation", "ground_relation_match", "relation match", RelationMatch(model.hidden_size), seed)
+
+
+def _add_head_extension(model: Video3DLLM, attribute: str, config_key: str, what: str, module: torch.nn.Module,
+                        seed: int) -> None:
+    """Set ``module`` (seeded by its ``reset_parameters``) as ``model.ground_head.<attribute>`` and ``config_key``
+    true in the model's config; raises ValueError when there is no grounding head or it already has one."""
     head = model.ground_head
     if head is None:
-        raise ValueError("the relation match belongs to the grounding head; this model has none (ground_head_type)")
-    if head.relation is not None:
-        raise ValueError("this model already has the relation match (config ground_relation_match: true)")
+        raise ValueError(f"the {what} belongs to the grounding head; this model has none (ground_head_type)")
+    if getattr(head, attribute) is not None:
+        raise ValueError(f"this model already has the {what} (config {config_key}: true)")
     ref = head.zero_target
-    relation = RelationMatch(model.hidden_size).to(device=ref.device, dtype=ref.dtype)
-    relation.reset_parameters(torch.Generator().manual_seed(int(seed)))
-    head.relation = relation
-    model.config = dataclasses.replace(model.config, ground_relation_match=True,
-                                       raw={**model.config.raw, "ground_relation_match": True})
+    module = module.to(device=ref.device, dtype=ref.dtype)
+    module.reset_parameters(torch.Generator().manual_seed(int(seed)))  # type: ignore[operator]
+    setattr(head, attribute, module)
+    model.config = dataclasses.replace(model.config, **{config_key: True}, raw={**model.config.raw, config_key: True})
 
 
 def load_training_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

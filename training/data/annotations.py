@@ -48,6 +48,8 @@ class Annotation:
         question_type: `metadata.question_type` (ScanRefer unique/multiple, Multi3DRefer eval
             type, SQA3D what/is/...), or None.
         object_ids: grounding targets (`metadata.object_id`; index into the scene's GT box list).
+        anchor_ids: the object a relation description is to (`metadata.anchor_ids`, optional; same index),
+            () when absent: what `video3dllm train --landmark-loss` trains the relation match's landmark on.
         boxes: the ground-truth boxes of a grounding sample (`box`), () when absent.
         box_input: Scan2Cap: the box given to the model (its centre enters at `<coord>`); None when
             no proposal matched (the sample is then answered with the empty caption).
@@ -63,6 +65,7 @@ class Annotation:
     answer: str
     question_type: str | None = None
     object_ids: tuple[int, ...] = ()
+    anchor_ids: tuple[int, ...] = ()
     boxes: tuple[Box, ...] = ()
     box_input: Box | None = None
     gt_box: Box | None = None
@@ -109,12 +112,12 @@ def _box(value: Any, where: str, name: str) -> Box:
     return nums  # type: ignore[return-value]
 
 
-def _ids(value: Any, where: str) -> tuple[int, ...]:
+def _ids(value: Any, where: str, name: str = "metadata.object_id") -> tuple[int, ...]:
     values = value if isinstance(value, (list, tuple)) else [value]
     try:
         return tuple(int(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: field 'metadata.object_id' must be an integer or a list of integers, got {value!r}") from None
+        raise ValueError(f"{where}: field {name!r} must be an integer or a list of integers, got {value!r}") from None
 
 
 def parse_annotation(item: Any, where: str = "annotation") -> Annotation:
@@ -149,6 +152,8 @@ def parse_annotation(item: Any, where: str = "annotation") -> Annotation:
         if "object_id" not in meta:
             raise ValueError(f"{where}: grounding sample without field 'metadata.object_id' (the target object ids)")
         kwargs["object_ids"] = _ids(meta["object_id"], where)
+        if meta.get("anchor_ids") is not None:
+            kwargs["anchor_ids"] = _ids(meta["anchor_ids"], where, "metadata.anchor_ids")
         raw_box = item.get("box")
         if raw_box is not None:
             if task is Task.SCANREFER:

@@ -225,12 +225,11 @@ class Video3DDataset(Dataset[Sample]):
                 sample.ground_targets = grounding_targets(ann.object_ids, candidates, ann.boxes, cfg.boxes_are_gt, where,
                                                           cfg.target_iou)
                 sample.description_ids = description_token_ids(self.tokenizer, ann.human)
-                anchors = tuple(int(i) for i in (ann.raw.get("metadata") or {}).get("anchor_ids") or ())
-                if anchors and cfg.boxes_are_gt:
-                    if not all(0 <= i < len(candidates) for i in anchors):
-                        raise ValueError(f"{where}: metadata.anchor_ids {list(anchors)} outside the scene's "
+                if ann.anchor_ids and cfg.boxes_are_gt:
+                    if not all(0 <= i < len(candidates) for i in ann.anchor_ids):
+                        raise ValueError(f"{where}: metadata.anchor_ids {list(ann.anchor_ids)} outside the scene's "
                                          f"{len(candidates)} ground-truth boxes")
-                    sample.anchor_ids = anchors
+                    sample.anchor_ids = ann.anchor_ids
         if ann.task is Task.SCAN2CAP:
             if ann.box_input is None:
                 if cfg.training:

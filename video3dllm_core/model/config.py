@@ -225,20 +225,15 @@ class Video3DLLMConfig:
                 f"config.json: prompt_newline_after_image must be true or false, got {self.prompt_newline_after_image!r} "
                 "(true, the default: upstream eval's newline after the image placeholder; false: the training layout)"
             )
-        if not isinstance(self.ground_attribute_match, bool):
-            raise ConfigError(
-                f"config.json: ground_attribute_match must be true or false, got {self.ground_attribute_match!r} "
-                "(false, the default and upstream's head; true: the attribute match of models trained here)"
-            )
-        if self.ground_attribute_match and self.ground_head_type != "infonce":
-            raise ConfigError("config.json: ground_attribute_match needs the grounding head (ground_head_type 'infonce')")
-        if not isinstance(self.ground_relation_match, bool):
-            raise ConfigError(
-                f"config.json: ground_relation_match must be true or false, got {self.ground_relation_match!r} "
-                "(false, the default and upstream's head; true: the relation match of models trained here)"
-            )
-        if self.ground_relation_match and self.ground_head_type != "infonce":
-            raise ConfigError("config.json: ground_relation_match needs the grounding head (ground_head_type 'infonce')")
+        for key, what in (("ground_attribute_match", "attribute match"), ("ground_relation_match", "relation match")):
+            value = getattr(self, key)
+            if not isinstance(value, bool):
+                raise ConfigError(
+                    f"config.json: {key} must be true or false, got {value!r} "
+                    f"(false, the default and upstream's head; true: the {what} of models trained here)"
+                )
+            if value and self.ground_head_type != "infonce":
+                raise ConfigError(f"config.json: {key} needs the grounding head (ground_head_type 'infonce')")
         if self.ground_head_type not in (None, "infonce"):
             raise ConfigError(f"config.json: ground_head_type {self.ground_head_type!r} not supported (use 'infonce')")
         vocab = int(self.text_config.vocab_size)

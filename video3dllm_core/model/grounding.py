@@ -61,6 +61,12 @@ RELATION_FEATURES = ("distance_m", "bearing_left_rad", "left_offset_m", "log_vol
 RELATION_LANDMARK_TEMPERATURE = 0.07
 
 
+def _uniform_like_linear_(param: torch.Tensor, fan_in: int, generator: torch.Generator | None) -> None:
+    """``param`` drawn as a fresh ``nn.Linear``'s (uniform, bound 1/sqrt(fan_in)), from ``generator``."""
+    bound = 1.0 / float(fan_in) ** 0.5
+    param.copy_((torch.rand(param.shape, generator=generator) * 2 * bound - bound).to(param))
+
+
 def _head(width: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.LayerNorm(width), nn.Linear(width, width))
 
@@ -87,9 +93,7 @@ class AttributeMatch(nn.Module):
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """``text`` like a fresh ``nn.Linear`` (uniform, bound 1/sqrt(fan_in)), ``obj`` zero: a new match adds 0."""
         with torch.no_grad():
-            bound = 1.0 / float(self.text.in_features) ** 0.5
-            values = torch.rand(self.text.weight.shape, generator=generator) * 2 * bound - bound
-            self.text.weight.copy_(values.to(self.text.weight))
+            _uniform_like_linear_(self.text.weight, self.text.in_features, generator)
             self.obj.weight.zero_()
 
     def forward(self, text_mean: torch.Tensor, tower_mean: torch.Tensor) -> torch.Tensor:
@@ -157,9 +161,8 @@ class RelationMatch(nn.Module):
         with torch.no_grad():
             for module in (*self.landmark, self.landmark_out):
                 if isinstance(module, nn.Linear):
-                    bound = 1.0 / float(module.in_features) ** 0.5
                     for p in (module.weight, module.bias):
-                        p.copy_((torch.rand(p.shape, generator=generator) * 2 * bound - bound).to(p))
+                        _uniform_like_linear_(p, module.in_features, generator)
                 elif isinstance(module, nn.LayerNorm):
                     module.weight.fill_(1.0)
                     module.bias.zero_()
