@@ -8,15 +8,15 @@ frame, then match them against the scene's objects.json boxes.
 Reported per scene: floor-standing objects, how many of them were observed (>= 100 fused points
 strictly inside the box, above 3 cm), recall at IoU 0.25 / 0.5 over all and over observed objects,
 the number of proposals (floor-extended twins included) and the fraction of them on an object
-(IoU >= 0.25 with a floor-standing object; twins count when they or their own box do), the wall panels (door, window) found at
-IoU 0.25, the floor height error of the scene frame, and the time of fuse + scene frame +
+(IoU >= 0.25 with a floor-standing object; twins count when they or their own box do; a wall-panel proposal
+with a door or window), the wall panels (door, window) found at IoU 0.25, the floor height error of the scene frame, and the time of fuse + scene frame +
 proposals. Prints a markdown table.
 
 `--rooms benchmark` takes the synthetic benchmark's rooms (`make_benchmark_scene`: repeated categories,
 and in most rooms a box standing on a table, bed, sofa or cabinet) instead of `make_scene`'s; the
 table then also reports the stacked boxes found at IoU 0.25 / 0.5.
 
-    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9 [--rooms benchmark] [--no-split-stacked]
+    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9 [--rooms benchmark] [--no-split-stacked] [--no-wall-panels]
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
     stacked = floor_gt[:, 2] - floor_gt[:, 5] / 2 > 0.05  # "floor" objects whose bottom is on something else
     if len(pred) and len(floor_gt):
         on_object = pairwise_box_iou_3d(pred, floor_gt).max(axis=1) >= 0.25
+        if props.wall_panel is not None and props.wall_panel.any() and len(wall_gt):  # a panel is on a door/window
+            on_object[props.wall_panel] = pairwise_box_iou_3d(pred[props.wall_panel], wall_gt).max(axis=1) >= 0.25
         if props.floor_extended is not None and props.floor_extended.any():  # a twin counts with its own box
             own = ~props.floor_extended
             for k in np.flatnonzero(props.floor_extended):
@@ -128,18 +130,20 @@ def main() -> None:
     parser.add_argument("--no-twins", action="store_true", help="disable floor-extended twin proposals")
     parser.add_argument("--keep-fragments", action="store_true", help="keep clusters nested in a much larger one")
     parser.add_argument("--no-split-stacked", action="store_true", help="do not split supports from what stands on them")
+    parser.add_argument("--no-wall-panels", action="store_true", help="do not propose coloured wall panels (doors, windows)")
     parser.add_argument("--rooms", choices=("scene", "benchmark"), default="scene",
                         help="make_scene's rooms (default) or the synthetic benchmark's (stacked boxes)")
     args = parser.parse_args()
     config = ProposalConfig(voxel_m=args.voxel, add_floor_extended=not args.no_twins,
-                            drop_nested_fragments=not args.keep_fragments, split_stacked=not args.no_split_stacked)
+                            drop_nested_fragments=not args.keep_fragments, split_stacked=not args.no_split_stacked,
+                            propose_wall_panels=not args.no_wall_panels)
 
     rows = [run_scene(s, args.width, args.height, args.frames, args.stride, config, args.rooms) for s in _seeds(args.seeds)]
     print(
         f"Synthetic {'benchmark rooms' if args.rooms == 'benchmark' else 'scenes'}, {args.width}x{args.height}, "
         f"{args.frames} frames, stride {args.stride}, voxel {args.voxel} m, twins {'off' if args.no_twins else 'on'}, "
         f"nested fragments {'kept' if args.keep_fragments else 'dropped'}, "
-        f"stacked {'not split' if args.no_split_stacked else 'split'}\n"
+        f"stacked {'not split' if args.no_split_stacked else 'split'}, wall panels {'off' if args.no_wall_panels else 'on'}\n"
     )
     print("| seed | objects (observed) | R@0.25 | R@0.5 | R@0.25 obs. | R@0.5 obs. | stacked @0.25 / @0.5 | proposals | on an object | door/window @0.25 | points | floor err (mm) | fuse + frame + propose (ms) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -119,6 +119,85 @@ def test_hand_built_room_yields_objects_not_structure() -> None:
     assert np.all(np.diff(props.num_points) <= 0)
 
 
+# Wall panels: a dark brown door standing 2 cm proud of the wall x = 2.5 (the wall behind it unseen), a pale
+# blue window flush in the wall y = 2, and two things that are not panels: a patch of wall in shadow (the
+# wall's own hue at half brightness) and a small red sticker (8 x 8 cm).
+DOOR = ((2.48, -0.6, 0.0), (2.5, 0.3, 2.05))
+WINDOW = ((-1.6, 1.98, 1.0), (-0.4, 2.0, 2.0))
+DOOR_RGB, WINDOW_RGB, WALL_RGB = (90, 55, 30), (150, 200, 235), (215, 210, 200)
+
+
+def _room_with_panels() -> tuple[np.ndarray, np.ndarray]:
+    points, colours = _hand_room()
+    colours = colours.copy()
+    x, y, z = points.T
+    on_wall_x = np.isclose(x, 2.5)
+    behind_door = on_wall_x & (y >= DOOR[0][1]) & (y <= DOOR[1][1]) & (z <= DOOR[1][2])
+    points, colours = points[~behind_door], colours[~behind_door]
+    x, y, z = points.T
+    on_wall_x, on_wall_y = np.isclose(x, 2.5), np.isclose(y, 2.0)
+    colours[on_wall_x | on_wall_y] = WALL_RGB
+    window = on_wall_y & (x >= WINDOW[0][0]) & (x <= WINDOW[1][0]) & (z >= WINDOW[0][2]) & (z <= WINDOW[1][2])
+    colours[window] = WINDOW_RGB
+    shadow = on_wall_x & (y <= -1.0) & (z >= 1.0)
+    colours[shadow] = np.round(np.asarray(WALL_RGB) * 0.5).astype(np.uint8)
+    sticker = on_wall_y & (x >= 1.0) & (x <= 1.08) & (z >= 1.2) & (z <= 1.28)
+    colours[sticker] = (220, 20, 20)
+    door = _plane(0, DOOR[0][0], (DOOR[0][1], DOOR[0][2]), (DOOR[1][1], DOOR[1][2]), step=0.02)
+    door_colours = np.tile(np.asarray(DOOR_RGB, dtype=np.uint8), (len(door), 1))
+    return np.concatenate([points, door]), np.concatenate([colours, door_colours])
+
+
+def test_wall_panels_are_proposed_from_the_walls_colours() -> None:
+    points, colours = _room_with_panels()
+    props = propose_boxes(points, colours)
+    assert props.wall_panel is not None and props.mean_colors is not None
+    assert int(props.wall_panel.sum()) == 2  # the door and the window; not the shadow, not the sticker
+    lo, hi = props.centers - props.sizes / 2, props.centers + props.sizes / 2
+    for box, rgb, along in ((DOOR, DOOR_RGB, [1, 2]), (WINDOW, WINDOW_RGB, [0, 2])):
+        c, s = _center_size(box)
+        k = int(np.argmax(_iou(c[None], s[None], props.centers, props.sizes)[0]))
+        assert props.wall_panel[k]
+        np.testing.assert_allclose(props.mean_colors[k], rgb, atol=5)  # the edge voxels hold a few wall points
+        # Along the wall and in height: the extent of the panel's points (on the wall's 3 cm grid for the
+        # window), though the voxels on its edges reach past them; the door's bottom snapped to the floor, where
+        # the floor's slab took its lowest 6 cm. Across (below): from the wall plane to the face, plus 1 cm.
+        own = points[np.all(colours == rgb, axis=1)]
+        np.testing.assert_allclose(lo[k, along], own.min(axis=0)[along], atol=1e-6)
+        np.testing.assert_allclose(hi[k, along], own.max(axis=0)[along], atol=1e-6)
+    door = int(np.argmax(_iou(*(v[None] for v in _center_size(DOOR)), props.centers, props.sizes)[0]))
+    assert lo[door, 0] == pytest.approx(DOOR[0][0] - 0.01, abs=0.003)  # face 2 cm proud + the 1 cm margin
+    assert hi[door, 0] == pytest.approx(2.5, abs=0.005)  # the wall plane (fitted with the door in its band)
+    window = int(np.argmax(_iou(*(v[None] for v in _center_size(WINDOW)), props.centers, props.sizes)[0]))
+    assert props.sizes[window, 1] == pytest.approx(0.01, abs=0.003)  # flush: the margin alone
+    # The objects are untouched by the panels.
+    assert int((~props.wall_panel & ~props.floor_extended).sum()) == 3  # type: ignore[operator]
+
+
+def test_wall_panels_need_colours_and_can_be_disabled() -> None:
+    points, colours = _room_with_panels()
+    for props in (propose_boxes(points), propose_boxes(points, colours, ProposalConfig(propose_wall_panels=False))):
+        assert props.wall_panel is not None and not props.wall_panel.any()
+        assert int((~props.floor_extended).sum()) == 3  # type: ignore[operator]
+    # A lower chromaticity threshold takes the shadow's rounding noise for a panel too, a higher one loses the window
+    # (its chromaticity is 0.12 from the wall's), keeping the door (0.23).
+    only_door = propose_boxes(points, colours, ProposalConfig(panel_chroma_distance=0.15))
+    assert only_door.wall_panel is not None and int(only_door.wall_panel.sum()) == 1
+    k = int(np.flatnonzero(only_door.wall_panel)[0])
+    np.testing.assert_allclose(only_door.mean_colors[k], DOOR_RGB, atol=5)  # type: ignore[index]
+
+
+def test_a_room_of_walls_and_a_door_only_proposes_the_door() -> None:
+    points, colours = _room_with_panels()
+    objects = np.zeros(len(points), dtype=bool)
+    for box in (TABLE, CRATE, SHELF):
+        objects |= np.all((points >= np.asarray(box[0]) - 1e-9) & (points <= np.asarray(box[1]) + 1e-9), axis=1)
+    window = np.all(np.isclose(colours, WINDOW_RGB), axis=1)
+    keep = ~objects & ~window
+    props = propose_boxes(points[keep], colours[keep])
+    assert len(props) == 1 and props.wall_panel is not None and bool(props.wall_panel[0])
+
+
 def test_options_disable_twins_and_floor_snap() -> None:
     points, _ = _hand_room()
     props = propose_boxes(points, config=ProposalConfig(add_floor_extended=False, snap_to_floor=False))
@@ -274,6 +353,7 @@ def synthetic_runs() -> list[dict[str, object]]:
                 "spec": spec,
                 "points": fused.points,
                 "scene_points": scene_points,
+                "colors": fused.colors,
                 "props": props,
                 "centers": centers,
                 "sizes": sizes,
@@ -310,8 +390,10 @@ def test_synthetic_no_structure_proposals(synthetic_runs: list[dict[str, object]
         assert isinstance(centers, np.ndarray) and isinstance(sizes, np.ndarray)
         all_c = np.array([o.center for o in spec.objects])  # type: ignore[attr-defined]
         all_s = np.array([o.size for o in spec.objects])  # type: ignore[attr-defined]
-        # Objects are at most 1.25 m tall and 2.1 m long; walls are >= 2.5 m tall and rooms >= 3 m.
-        assert np.all(sizes[:, 2] < 1.3), sizes
+        # Objects are at most 1.25 m tall and 2.1 m long, doors 2.05 m tall; walls are >= 2.5 m tall and rooms >= 3 m.
+        panel = run["props"].wall_panel  # type: ignore[attr-defined]
+        assert np.all(sizes[~panel, 2] < 1.3), sizes
+        assert np.all(sizes[panel, 2] < 2.2), sizes
         assert np.all(sizes[:, :2].max(axis=1) < 2.5), sizes
         # Every proposal lies mostly inside a labelled object's box grown by 5 cm (fused surfaces
         # sit ~1-2 cm off at this resolution): nothing is a piece of floor or wall, while a
@@ -324,6 +406,23 @@ def test_synthetic_no_structure_proposals(synthetic_runs: list[dict[str, object]
         assert len(centers) <= 2 * len(all_c)
 
 
+def test_synthetic_doors_and_windows_are_proposed(synthetic_runs: list[dict[str, object]]) -> None:
+    """Every door and window the frames saw is a wall-panel proposal, and every wall-panel proposal is one."""
+    for run in synthetic_runs:
+        spec, props, pts = run["spec"], run["props"], run["points"]
+        centers, sizes = run["centers"], run["sizes"]
+        assert isinstance(props, Proposals) and props.wall_panel is not None
+        assert isinstance(centers, np.ndarray) and isinstance(sizes, np.ndarray) and isinstance(pts, np.ndarray)
+        panels = [o for o in spec.objects if o.placement == "wall"]  # type: ignore[attr-defined]
+        gt_c, gt_s = np.array([o.center for o in panels]), np.array([o.size for o in panels])
+        iou = _iou(gt_c, gt_s, centers[props.wall_panel], sizes[props.wall_panel])
+        grown_lo, grown_hi = gt_c - gt_s / 2 - 0.02, gt_c + gt_s / 2 + 0.02
+        seen = np.array([np.sum(np.all((pts > grown_lo[k]) & (pts < grown_hi[k]), axis=1)) for k in range(len(panels))])
+        assert seen.max() >= 100  # the test has a door or window to find
+        assert np.all(iou.max(axis=1, initial=0.0)[seen >= 100] >= 0.25), (iou, seen)
+        assert np.all(iou.max(axis=0) >= 0.25), iou
+
+
 def test_deterministic(synthetic_runs: list[dict[str, object]]) -> None:
     """Bitwise the same proposals on every call, also from concurrent threads (Open3D's RANSAC
     made different wall/surface choices run to run on these scenes)."""
@@ -333,11 +432,12 @@ def test_deterministic(synthetic_runs: list[dict[str, object]]) -> None:
         props = run["props"]
         assert isinstance(props, Proposals)
         with ThreadPoolExecutor(3) as pool:
-            again = list(pool.map(lambda _: propose_boxes(run["scene_points"]), range(6)))  # type: ignore[arg-type]
+            again = list(pool.map(lambda _: propose_boxes(run["scene_points"], run["colors"]), range(6)))  # type: ignore[arg-type]
         for other in again:
             np.testing.assert_array_equal(other.centers, props.centers)
             np.testing.assert_array_equal(other.sizes, props.sizes)
             np.testing.assert_array_equal(other.num_points, props.num_points)
+            np.testing.assert_array_equal(other.wall_panel, props.wall_panel)
 
 
 def test_rendered_box_on_a_table_is_split_out_and_cones_and_balls_are_not() -> None:
@@ -449,6 +549,10 @@ def test_config_and_input_validation() -> None:
         ProposalConfig(min_extent_m=5.0, max_extent_m=1.0)
     with pytest.raises(ValueError, match="nested_volume_ratio must be a fraction"):
         ProposalConfig(nested_volume_ratio=0.0)
+    with pytest.raises(ValueError, match="panel_chroma_distance must be a positive chromaticity distance"):
+        ProposalConfig(panel_chroma_distance=0.0)
+    with pytest.raises(ValueError, match="panel_min_side_m must be a positive number of metres"):
+        ProposalConfig(panel_min_side_m=-0.1)
     with pytest.raises(ValueError, match="points must be"):
         propose_boxes(np.zeros((5, 2)))
     with pytest.raises(ValueError, match="colors must be uint8"):

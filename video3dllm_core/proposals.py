@@ -50,6 +50,15 @@ the fused keyframe points, in a z-up frame (the scene frame of `video3dllm_core.
    bottom set on the surface) become proposals of their own, marked `Proposals.stacked_part`, with no
    floor twin; the cluster's own box stays, for a thing whose top carries a part of itself (a chair's
    backrest). Cones and balls never qualify: their layers are rings of cells, not surfaces.
+9. **Wall panels** (`propose_wall_panels`, needs colours): doors, windows, boards and pictures are
+   flush with their wall (a door stands 2 cm proud of it), so step 2 removes them with the wall and
+   DBSCAN never sees them - yet "the chair closest to the door" needs the door as a candidate. In
+   each wall's removed slab, the voxels whose mean chromaticity lies at least `panel_chroma_distance`
+   from the wall's own (the slab's median) are clustered; a piece spanning at least
+   `panel_min_side_m` along the wall and in height becomes a proposal marked `Proposals.wall_panel`.
+   Its box runs from the wall plane to the piece's face, `panel_margin_m` beyond it so that the
+   face's points lie inside, and its bottom snaps to the floor like an object's. A wall without colour contrast (a white door in a white wall, glass
+   that returns no depth) gives no panel: geometry alone cannot tell it from the wall.
 
 External boxes (a detector's, or ScanNet's ground-truth instances) go through `external_boxes`,
 which validates them and returns the same `Proposals` type.
@@ -141,6 +150,18 @@ class ProposalConfig:
     """... and the voxels above it, covering at most this fraction of the footprint, stand on it ..."""
     stacked_min_height_m: float = 0.08
     """... when they rise at least this far above its top (not a ripple of the surface itself)."""
+    propose_wall_panels: bool = True
+    """Propose coloured panels in the removed walls (doors, windows; module docstring, step 9)."""
+    panel_chroma_distance: float = 0.06
+    """`propose_wall_panels`: a wall voxel whose chromaticity (r, g, b) / (r + g + b) lies this far
+    (Euclidean) from the wall's median chromaticity is not wall. Chromaticity, not RGB: light and view
+    angle change a wall's brightness by a factor of two or more, its hue hardly (in the synthetic rooms
+    the brown door is 0.23 from the wall, the pale blue window 0.12, a wall corner in shadow 0.01)."""
+    panel_min_side_m: float = 0.25
+    """`propose_wall_panels`: a panel spans at least this along the wall and in height (a picture, not the
+    thin strip where an object's side touches the wall)."""
+    panel_margin_m: float = 0.01
+    """`propose_wall_panels`: the box reaches this far past the panel's face into the room."""
     seed: int = 0
     """Seed of the RANSAC sample generator (round k uses seed + k): proposals are bitwise the same
     on every call and from any thread."""
@@ -156,10 +177,15 @@ class ProposalConfig:
             "wall_tall_m",
             "structure_band_m",
             "max_extent_m",
+            "panel_chroma_distance",
+            "panel_min_side_m",
+            "panel_margin_m",
         ):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"ProposalConfig.{name} must be a positive number of metres, got {value}")
+                unit = "a positive chromaticity distance" if name == "panel_chroma_distance" else \
+                    "a positive number of metres"
+                raise ValueError(f"ProposalConfig.{name} must be {unit}, got {value}")
         for name in ("max_planes", "plane_ransac_iterations", "dbscan_min_points", "min_cluster_voxels", "min_plane_points"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ProposalConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -187,6 +213,8 @@ class Proposals:
             (`ProposalConfig.add_floor_extended`); None for external boxes.
         stacked_part: [K] bool, True for a support or a thing standing on it, split out of a cluster
             whose own box is kept too (`ProposalConfig.split_stacked`); None for external boxes.
+        wall_panel: [K] bool, True for a coloured panel found in a wall (a door, a window;
+            `ProposalConfig.propose_wall_panels`); None for external boxes.
     """
 
     centers: np.ndarray
@@ -195,6 +223,7 @@ class Proposals:
     mean_colors: np.ndarray | None = None
     floor_extended: np.ndarray | None = None
     stacked_part: np.ndarray | None = None
+    wall_panel: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.centers.shape[0])
@@ -202,7 +231,7 @@ class Proposals:
     @staticmethod
     def empty() -> Proposals:
         return Proposals(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, dtype=np.int64), None, np.zeros(0, dtype=bool),
-                         np.zeros(0, dtype=bool))
+                         np.zeros(0, dtype=bool), np.zeros(0, dtype=bool))
 
 
 @dataclass(frozen=True, eq=False)
@@ -270,11 +299,22 @@ def _largest_component(points: np.ndarray, eps_m: float) -> np.ndarray:
     return np.flatnonzero(labels == np.argmax(np.bincount(labels[labels >= 0])))
 
 
-def _structural_mask(vox: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, float]:
-    """Boolean [V]: voxels on floor / wall / ceiling planes; and the floor height used."""
+@dataclass(frozen=True)
+class _Wall:
+    """A wall plane found by `_structural_mask`: unit normal n and offset d (n . p + d = 0), and the
+    indices of the voxels removed with it."""
+
+    normal: np.ndarray
+    offset: float
+    voxels: np.ndarray
+
+
+def _structural_mask(vox: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, float, list[_Wall]]:
+    """Boolean [V]: voxels on floor / wall / ceiling planes; the floor height used; the walls."""
     z_low = float(np.percentile(vox[:, 2], 1.0))
     floor_z = z_low
     structural = np.zeros(len(vox), dtype=bool)
+    walls: list[_Wall] = []
     candidates = np.arange(len(vox))  # voxels still searched for planes
     cos_tol = np.cos(np.radians(cfg.plane_angle_tol_deg))
     sin_tol = np.sin(np.radians(cfg.plane_angle_tol_deg))
@@ -293,7 +333,7 @@ def _structural_mask(vox: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, 
         piece = inliers[_largest_component(cand_pts[inliers], cfg.cluster_eps_m)]
         pts = vox[candidates[piece]]
         nz = abs(normal[2])
-        is_structure = False
+        is_structure = is_wall = False
         if nz >= cos_tol:  # horizontal plane
             height = float(np.median(pts[:, 2]))
             spans = np.ptp(pts[:, :2], axis=0)
@@ -307,7 +347,7 @@ def _structural_mask(vox: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, 
             span = float(np.ptp(pts @ along))
             height_span = float(np.ptp(pts[:, 2]))
             if (span >= cfg.structure_min_span_m and height_span >= cfg.wall_min_height_m) or height_span >= cfg.wall_tall_m:
-                is_structure = True
+                is_structure = is_wall = True
         if is_structure:
             # Remove the whole slab around the plane, not only the RANSAC inliers: pose drift,
             # depth noise and the half-pixel back-projection offset make fused walls thicker than
@@ -315,13 +355,92 @@ def _structural_mask(vox: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, 
             band = plane_distances(cand_pts, normal, offset) <= max(cfg.structure_band_m, cfg.plane_distance_m)
             band[inliers] = True
             structural[candidates[band]] = True
+            if is_wall:
+                norm = float(np.linalg.norm(normal))
+                walls.append(_Wall(np.asarray(normal, dtype=np.float64) / norm, float(offset) / norm, candidates[band]))
             candidates = candidates[~band]
         else:
             # Set aside only the surface itself (a table top): the plane's other inliers are
             # slices of other surfaces (a wall strip crossing the table's height) and must stay
             # whole for the next rounds.
             candidates = np.delete(candidates, piece)
-    return structural, floor_z
+    return structural, floor_z, walls
+
+
+def _chroma(rgb: np.ndarray) -> np.ndarray:
+    """[N, 3] chromaticity (r, g, b) / (r + g + b) of [N, 3] RGB (0-255): the colour without its brightness."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    return rgb / np.maximum(rgb.sum(axis=1, keepdims=True), 1.0)
+
+
+@dataclass(frozen=True)
+class _Panel:
+    """A coloured piece of a wall: its voxels, its wall and the wall's own (median) chromaticity."""
+
+    voxels: np.ndarray
+    wall: _Wall
+    wall_chroma: np.ndarray
+
+
+def _wall_panels(vox: np.ndarray, vox_colors: np.ndarray, walls: list[_Wall], cfg: ProposalConfig) -> list[_Panel]:
+    """Coloured pieces of the removed walls (module docstring, step 9)."""
+    from video3dllm_core.o3d import o3d
+
+    panels: list[_Panel] = []
+    for wall in walls:
+        chroma = _chroma(vox_colors[wall.voxels])
+        wall_chroma = np.median(chroma, axis=0)
+        off = wall.voxels[np.linalg.norm(chroma - wall_chroma, axis=1) >= cfg.panel_chroma_distance]
+        if len(off) < cfg.min_cluster_voxels:
+            continue
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(vox[off]))
+        labels = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps_m, cfg.dbscan_min_points, False), dtype=np.int64)
+        along = np.cross(wall.normal, [0.0, 0.0, 1.0])
+        along /= max(float(np.linalg.norm(along)), 1e-12)
+        for label in range(int(labels.max()) + 1 if len(labels) else 0):
+            piece = off[labels == label]
+            width, height = float(np.ptp(vox[piece] @ along)), float(np.ptp(vox[piece, 2]))
+            if (len(piece) >= cfg.min_cluster_voxels and min(width, height) >= cfg.panel_min_side_m
+                    and max(width, height) <= cfg.max_extent_m):
+                panels.append(_Panel(piece, wall, wall_chroma))
+    return panels
+
+
+def _panel_boxes(points: np.ndarray, colors: np.ndarray, point_panel: np.ndarray, panels: list[_Panel],
+                 room_center: np.ndarray, floor_z: float,
+                 cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes lo, hi [P, 3], point counts [P] and mean colours [P, 3] uint8 of the panels (point_panel: each
+    point's panel, -1 none), measured on the points of their voxels that have the panel's colour themselves
+    (a voxel on the panel's edge also holds wall points). Along the wall and in height: the extent of those
+    points, the bottom snapped to the floor like an object's. Across: from the wall plane to the face (the
+    98th percentile of the points' distance from the plane: the 2 % flying pixels of depth edges stay out)
+    plus `panel_margin_m`, or back to a recessed panel's 2nd percentile."""
+    n = len(panels)
+    lo, hi, counts, mean_colors = np.zeros((n, 3)), np.zeros((n, 3)), np.zeros(n, dtype=np.int64), np.zeros((n, 3))
+    for k, panel in enumerate(panels):
+        mine = point_panel == k
+        p, c = points[mine], colors[mine]
+        own = np.linalg.norm(_chroma(c) - panel.wall_chroma, axis=1) >= cfg.panel_chroma_distance
+        if int(own.sum()) >= 3:
+            p, c = p[own], c[own]
+        n_vec, d = panel.wall.normal, panel.wall.offset
+        toward_room = 1.0 if float(n_vec @ room_center) + d >= 0 else -1.0
+        depth = toward_room * (p @ n_vec + d)  # distance from the wall plane into the room
+        front = max(float(np.percentile(depth, 98)), 0.0) + cfg.panel_margin_m
+        back = min(float(np.percentile(depth, 2)), 0.0)
+        lo[k], hi[k] = p.min(axis=0), p.max(axis=0)
+        axis = int(np.argmax(np.abs(n_vec[:2])))
+        center = (lo[k] + hi[k]) / 2
+        others = [a for a in range(3) if a != axis]
+        on_plane = -(d + float(n_vec[others] @ center[others])) / float(n_vec[axis])  # the wall at the panel's centre
+        step = toward_room * float(np.sign(n_vec[axis])) / abs(float(n_vec[axis]))  # axis coordinate per metre into the room
+        ends = (on_plane + step * back, on_plane + step * front)
+        lo[k, axis], hi[k, axis] = min(ends), max(ends)
+        if cfg.snap_to_floor and lo[k, 2] <= floor_z + cfg.floor_snap_m:
+            lo[k, 2] = min(lo[k, 2], floor_z)
+        counts[k] = len(p)
+        mean_colors[k] = c.astype(np.float64).mean(axis=0)
+    return lo, hi, counts, np.round(mean_colors).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------- proposals
@@ -348,17 +467,15 @@ def propose_boxes(
     if len(pts) < 3:
         return Proposals.empty()
     vox, voxel_of_point = _voxel_groups(pts, cfg.voxel_m)
-    structural, floor_z = _structural_mask(vox, cfg)
+    structural, floor_z, walls = _structural_mask(vox, cfg)
     kept = np.flatnonzero(~structural)
-    if len(kept) == 0:
-        return Proposals.empty()
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(vox[kept]))
-    labels_kept = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps_m, cfg.dbscan_min_points, False), dtype=np.int64)
+    labels_kept = np.zeros(0, dtype=np.int64)
+    if len(kept):
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(vox[kept]))
+        labels_kept = np.asarray(pcd.cluster_dbscan(cfg.cluster_eps_m, cfg.dbscan_min_points, False), dtype=np.int64)
     voxel_label = np.full(len(vox), -1, dtype=np.int64)
     voxel_label[kept] = labels_kept
     n_clusters = int(labels_kept.max()) + 1 if len(labels_kept) else 0
-    if n_clusters == 0:
-        return Proposals.empty()
     voxels_per_cluster = np.bincount(labels_kept[labels_kept >= 0], minlength=n_clusters)
 
     lo, hi, num_points, cluster_colors = _measure_labelled(voxel_label, voxel_of_point, pts, cols, n_clusters)
@@ -415,10 +532,29 @@ def propose_boxes(
             mean_colors = np.concatenate([mean_colors, part_colors])
         extended = np.concatenate([extended, np.zeros(len(parts), dtype=bool)])
         stacked = np.concatenate([stacked, np.ones(len(parts), dtype=bool)])
+    is_panel = np.zeros(len(lo_k), dtype=bool)
+    panels = _wall_panels(vox, _voxel_colors(cols, voxel_of_point, len(vox)), walls, cfg) \
+        if cfg.propose_wall_panels and cols is not None else []
+    if panels:
+        assert cols is not None and mean_colors is not None
+        voxel_panel = np.full(len(vox), -1, dtype=np.int64)
+        for k, panel in enumerate(panels):
+            voxel_panel[panel.voxels] = k
+        lo_w, hi_w, n_w, panel_colors = _panel_boxes(pts, cols, voxel_panel[voxel_of_point], panels,
+                                                     np.median(vox, axis=0), floor_z, cfg)
+        lo_k, hi_k = np.concatenate([lo_k, lo_w]), np.concatenate([hi_k, hi_w])
+        counts = np.concatenate([counts, n_w])
+        mean_colors = np.concatenate([mean_colors, panel_colors])
+        extended = np.concatenate([extended, np.zeros(len(panels), dtype=bool)])
+        stacked = np.concatenate([stacked, np.zeros(len(panels), dtype=bool)])
+        is_panel = np.concatenate([is_panel, np.ones(len(panels), dtype=bool)])
+    if len(lo_k) == 0:
+        return Proposals.empty()
     centers = (lo_k + hi_k) / 2.0
-    # A degenerate side (a single-voxel-thick cluster seen edge-on) still gets a positive size.
-    out_sizes = np.maximum(hi_k - lo_k, cfg.voxel_m)
-    order = np.lexsort((stacked, extended, centers[:, 2], centers[:, 1], centers[:, 0], -counts))
+    # A degenerate side (a single-voxel-thick cluster seen edge-on) still gets a positive size; a panel
+    # keeps its thin side (wall plane to face, plus the margin).
+    out_sizes = np.where(is_panel[:, None], hi_k - lo_k, np.maximum(hi_k - lo_k, cfg.voxel_m))
+    order = np.lexsort((is_panel, stacked, extended, centers[:, 2], centers[:, 1], centers[:, 0], -counts))
     return Proposals(
         centers=centers[order],
         sizes=out_sizes[order],
@@ -426,7 +562,16 @@ def propose_boxes(
         mean_colors=mean_colors[order] if mean_colors is not None else None,
         floor_extended=extended[order],
         stacked_part=stacked[order],
+        wall_panel=is_panel[order],
     )
+
+
+def _voxel_colors(colors: np.ndarray, voxel_of_point: np.ndarray, n_vox: int) -> np.ndarray:
+    """[V, 3] float mean RGB of each voxel's points."""
+    counts = np.maximum(np.bincount(voxel_of_point, minlength=n_vox), 1).astype(np.float64)
+    sums = np.stack([np.bincount(voxel_of_point, weights=colors[:, a].astype(np.float64), minlength=n_vox)
+                     for a in range(3)], axis=1)
+    return sums / counts[:, None]
 
 
 def _measure_labelled(voxel_label: np.ndarray, voxel_of_point: np.ndarray, points: np.ndarray,
