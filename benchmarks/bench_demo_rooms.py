@@ -8,6 +8,8 @@ number of correct answers per room. Pass several models to compare them on the s
     python benchmarks/bench_demo_rooms.py --rooms 10 [--model NAME=CHECKPOINT ...] [--width 640 --height 480]
         [--max-frames 4 --max-frames 16]   # one column per model and keyframe budget
         [--stacked both]                   # columns with and without splitting stacked objects
+        [--panels both]                    # columns with and without wall-panel proposals (doors, windows)
+        [--proposal-frames 0 --proposal-frames 16]   # candidates fused from the keyframes alone / 16 frames
 
 Without --model: the embedded default model. ~1 s per room on one core at 640x480.
 """
@@ -38,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stacked", choices=("split", "merged", "both"), default="split",
                    help="geometric proposals split a support from what stands on it (ProposalConfig.split_stacked, "
                         "the default), keep them merged, or one column each")
+    p.add_argument("--panels", choices=("on", "off", "both"), default="on",
+                   help="geometric proposals include coloured wall panels (ProposalConfig.propose_wall_panels, "
+                        "the default), or not, or one column each")
+    p.add_argument("--proposal-frames", type=int, action="append", default=None,
+                   help="frames fused for the proposals (EngineConfig.proposal_max_frames; repeatable: one column "
+                        "each; default: the engine's)")
     args = p.parse_args(argv)
     models: list[tuple[str, str | None]] = [("default", None)]
     if args.model:
@@ -47,17 +55,30 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
     budgets: list[int | None] = args.max_frames or [None]
     splits = {"split": [True], "merged": [False], "both": [True, False]}[args.stacked]
-    runs = [(" ".join([name] + ([f"({b} frames)"] if b else []) + ([] if len(splits) == 1 else
-                                                                 ["split" if split else "merged"])), path, b, split)
-            for name, path in models for b in budgets for split in splits]
+    panel_modes = {"on": [True], "off": [False], "both": [True, False]}[args.panels]
+    proposal_frames: list[int | None] = args.proposal_frames or [None]
+
+    def column(name: str, budget: int | None, split: bool, panels: bool, pf: int | None) -> str:
+        words = [name] + ([f"({budget} frames)"] if budget else [])
+        words += [] if len(splits) == 1 else ["split" if split else "merged"]
+        words += [] if len(panel_modes) == 1 else ["panels" if panels else "no panels"]
+        words += [] if pf is None else [f"proposals from {pf or 'keyframes'}"]
+        return " ".join(words)
+
+    runs = [(column(name, b, split, panels, pf), path, b, split, panels, pf)
+            for name, path in models for b in budgets for split in splits for panels in panel_modes
+            for pf in proposal_frames]
     rooms = [render_demo_room(seed, args.frames, args.width, args.height) for seed in range(args.rooms)]
     correct: dict[str, Counter[str]] = {}
     per_room: dict[str, list[int]] = {}
+    proposals_ms: dict[str, list[float]] = {}  # per room: the slowest proposals stage (the one that computed them)
     questions: list[str] = []
-    for name, path, budget, split in runs:
-        correct[name], per_room[name] = Counter(), []
-        engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget,
-                                               proposal_config=ProposalConfig(split_stacked=split)))
+    for name, path, budget, split, panels, pf in runs:
+        correct[name], per_room[name], proposals_ms[name] = Counter(), [], []
+        extra = {} if pf is None else {"proposal_max_frames": pf}
+        engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget, **extra,
+                                               proposal_config=ProposalConfig(split_stacked=split,
+                                                                              propose_wall_panels=panels)))
         for seed, (spec, frames) in enumerate(rooms):
             engine.reset()  # a fresh scene for every room, one model load per model
             _, rows = ask_demo_room(spec, frames, engine, seed)
@@ -67,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     questions.append(key)
                 correct[name][key] += bool(row.get("correct"))
             per_room[name].append(sum(bool(r.get("correct")) for r in rows))
+            proposals_ms[name].append(1000 * max((r.get("timings") or {}).get("proposals_s", 0.0) for r in rows))
     print(f"demo questions answered correctly in {args.rooms} rooms (seeds 0..{args.rooms - 1}, "
           f"{args.frames} frames at {args.width}x{args.height})")
     print("| question | " + " | ".join(correct) + " |")
@@ -75,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {key} | " + " | ".join(f"{correct[name][key]} / {args.rooms}" for name in correct) + " |")
     print("| mean correct per room (of 8) | " + " | ".join(f"{sum(v) / len(v):.2f}" for v in per_room.values()) + " |")
     print("| per room | " + " | ".join(" ".join(map(str, v)) for v in per_room.values()) + " |")
+    print("| proposals stage, mean of the slowest query per room (ms) | "
+          + " | ".join(f"{sum(v) / len(v):.0f}" for v in proposals_ms.values()) + " |")
     return 0
 
 

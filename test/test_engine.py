@@ -166,6 +166,8 @@ def test_config_validation_names_the_field() -> None:
         EngineConfig(dtype="int8")
     with pytest.raises(ValueError, match="EngineConfig.max_frames"):
         EngineConfig(max_frames=0)
+    with pytest.raises(ValueError, match=r"EngineConfig.proposal_max_frames must be an integer >= 0, got -1"):
+        EngineConfig(proposal_max_frames=-1)
 
 
 @pytest.mark.parametrize("question, kwargs, expected", [
@@ -225,7 +227,7 @@ def test_add_frame_runs_while_a_query_runs(default_model: Video3DLLM, room: tupl
 def test_grounding_boxes_come_back_in_the_world_frame(default_model: Video3DLLM,
                                                       far_room: tuple[Any, list[PosedFrame]]) -> None:
     scene, frames = far_room
-    engine = _engine(default_model, frames)
+    engine = _engine(default_model, frames, proposal_max_frames=0)  # candidates from the keyframes alone
     answer = engine.query("where is the chair?", task="ground")
     assert answer.ok, answer.error
     assert not [w for w in answer.warnings if "range" in w]  # the model saw scene-frame coordinates
@@ -252,6 +254,43 @@ def test_grounding_boxes_come_back_in_the_world_frame(default_model: Video3DLLM,
     # and those boxes sit on the true objects in the world frame (an offset mistake gives IoU 0)
     best = _iou(_boxes(answer.candidates), _world_true_boxes(scene)).max(axis=1)
     assert np.mean(best >= 0.25) >= 0.8, best
+
+
+def test_candidates_come_from_more_frames_than_the_keyframes(default_model: Video3DLLM,
+                                                              far_room: tuple[Any, list[PosedFrame]]) -> None:
+    """Proposals fuse a larger max-coverage selection than the model's keyframes (all 8 fed frames here:
+    strategy 'mc' fills its budget), in the keyframes' scene frame; a later frame that leaves the keyframes
+    alone (hysteresis 1) still renews the candidates."""
+    scene, frames = far_room
+    fed, later = frames[0:16:2], frames[1:16:2]
+    engine = _engine(default_model, fed, strategy="mc", max_frames=2, proposal_max_frames=64, selection_hysteresis=1.0)
+    answer = engine.query("where is the chair?", task="ground")
+    assert answer.ok, answer.error
+
+    def independent(pool: list[PosedFrame], keyframe_stamps: tuple[int, ...]) -> np.ndarray:
+        ingestor = FrameIngestor()
+        frame = SceneFrame.estimate(fuse_points([ingestor.ingest(f) for f in pool if f.stamp_ns in keyframe_stamps],
+                                                stride=4).points)
+        fused = fuse_points([ingestor.ingest(f) for f in pool], stride=4)  # time order = frame-id order
+        props = propose_boxes(frame.to_scene(fused.points), fused.colors)
+        return np.c_[frame.boxes_to_world(props.centers, props.sizes)]
+
+    assert len(answer.keyframe_stamps_ns) == 2
+    np.testing.assert_allclose(_boxes(answer.candidates), independent(fed, answer.keyframe_stamps_ns), rtol=0, atol=1e-3)
+    keyframes_only = _engine(default_model, fed, strategy="mc", max_frames=2, proposal_max_frames=0)
+    few = keyframes_only.query("where is the chair?", task="ground")
+    assert few.keyframe_stamps_ns == answer.keyframe_stamps_ns
+    truth = _world_true_boxes(scene)
+    found = (_iou(truth, _boxes(answer.candidates)).max(axis=1) >= 0.25).sum()
+    assert found > (_iou(truth, _boxes(few.candidates)).max(axis=1) >= 0.25).sum()  # two frames miss objects
+
+    for frame in later:
+        assert engine.add_frame(frame)
+    again = engine.query("where is the chair?", task="ground")
+    assert again.ok and again.keyframe_stamps_ns == answer.keyframe_stamps_ns
+    everything = sorted(fed + later, key=lambda f: f.stamp_ns)
+    np.testing.assert_allclose(_boxes(again.candidates), independent(everything, answer.keyframe_stamps_ns),
+                               rtol=0, atol=1e-3)
 
 
 def test_identity_scene_frame_far_from_origin_warns_about_range(default_model: Video3DLLM,
@@ -379,7 +418,9 @@ def test_hysteresis_keeps_the_keyframe_set_for_a_small_coverage_gain(default_mod
 
 def test_cache_hit_survives_small_scene_growth(default_model: Video3DLLM, room: tuple[Any, list[PosedFrame]]) -> None:
     frames = room[1]
-    engine = _engine(default_model, frames[0::2], strategy="mc", max_frames=6)
+    # Candidates from the keyframes alone: a larger proposal selection would take in the new frame and renew them
+    # (test_candidates_come_from_more_frames_than_the_keyframes).
+    engine = _engine(default_model, frames[0::2], strategy="mc", max_frames=6, proposal_max_frames=0)
     first = engine.query("where is the lamp?", task="ground")
     engine.add_frame(frames[1])
     second = engine.query("where is the lamp?", task="ground")

@@ -76,6 +76,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("proposal_source", "geometric",
               "Candidate boxes for grounding: 'geometric' (from the fused depth) or 'external' "
               "(~/external_detections).", ("geometric", "external")),
+    ParamSpec("proposal_max_frames", 16,
+              "Geometric proposals fuse the query's keyframes and a max-coverage selection of this many pooled "
+              "frames (candidates from more of the room than the model's keyframes show); 0: the keyframes alone.",
+              minimum=0),
     ParamSpec("scene_frame", "estimate",
               "'estimate': gravity-aligned scene frame estimated from the points (robots); 'identity': "
               "world_frame already is a ScanNet-like frame.", ("estimate", "identity")),
@@ -120,6 +124,7 @@ class NodeSettings:
     max_frames: int
     selection_hysteresis: float
     proposal_source: str
+    proposal_max_frames: int
     scene_frame: str
     max_new_tokens: int
     model_path: str
@@ -178,6 +183,7 @@ def engine_config_kwargs(settings: NodeSettings) -> dict[str, Any]:
         "max_frames": settings.max_frames or None,
         "selection_hysteresis": settings.selection_hysteresis,
         "proposal_source": settings.proposal_source,
+        "proposal_max_frames": settings.proposal_max_frames,
         "scene_frame": settings.scene_frame,
         "max_new_tokens": settings.max_new_tokens,
         "model_path": opt(settings.model_path),

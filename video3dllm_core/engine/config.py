@@ -54,6 +54,10 @@ class EngineConfig:
         vision_batch_size: frames per vision-tower call.
         proposal_stride_px: pixel stride of the point fusion feeding the scene frame and the
             geometric proposals (fuse_points stride on the 384x384 crops).
+        proposal_max_frames: the geometric proposals fuse the query's keyframes and a max-coverage
+            selection (``strategy``) of this many pooled frames; 0: the keyframes alone. Candidates are
+            geometry, so they may come from more of the room than the model's few keyframes show
+            (docs/engine.md, "Candidates").
         proposal_config: parameters of the geometric proposals.
     """
 
@@ -74,6 +78,7 @@ class EngineConfig:
     vision_cache_frames: int = 64
     vision_batch_size: int = 8
     proposal_stride_px: int = 4
+    proposal_max_frames: int = 16
     proposal_config: ProposalConfig = field(default_factory=ProposalConfig)
 
     def __post_init__(self) -> None:
@@ -100,6 +105,7 @@ class EngineConfig:
         _positive_int("vision_cache_frames", self.vision_cache_frames, 0)
         _positive_int("vision_batch_size", self.vision_batch_size)
         _positive_int("proposal_stride_px", self.proposal_stride_px)
+        _positive_int("proposal_max_frames", self.proposal_max_frames, 0)
         if not isinstance(self.proposal_config, ProposalConfig):
             raise ValueError(f"EngineConfig.proposal_config must be a ProposalConfig, got {type(self.proposal_config).__name__}")
 

@@ -80,6 +80,7 @@ class _SetState:
     visual: VisualFeatures | None = None
     prefixes: dict[tuple[int, ...], VisualPrefix] = field(default_factory=dict)
     proposals: Proposals | None = None  # geometric, scene frame
+    proposal_frame_ids: tuple[int, ...] = ()  # the frames `proposals` were fused from
     objects: dict[tuple[Any, ...], ObjectFeatures] = field(default_factory=dict)
 
 
@@ -526,19 +527,43 @@ class SceneEngine:
             c_scene, s_scene = scene.boxes_to_scene(boxes.centers, boxes.sizes)
             out = _Candidates(c_scene, s_scene, boxes.centers, boxes.sizes, boxes.labels, ("external", boxes.version))
         else:
-            if state.proposals is None:
-                state.proposals = propose_boxes(state.points_scene, state.fused.colors, self.config.proposal_config)
+            frame_ids, frames = self._proposal_frames(state)
+            if state.proposals is None or state.proposal_frame_ids != frame_ids:
+                if frame_ids == state.frame_ids:
+                    points_scene, colors = state.points_scene, state.fused.colors
+                else:
+                    fused = fuse_points(frames, stride=self.config.proposal_stride_px)
+                    points_scene, colors = scene.to_scene(fused.points), fused.colors
+                state.proposals = propose_boxes(points_scene, colors, self.config.proposal_config)
+                state.proposal_frame_ids = frame_ids
             props = state.proposals
             if len(props) == 0:
                 raise QueryError(
-                    f"no candidate boxes: the geometric proposals found no object in the {len(state.frames)} "
-                    "keyframes (add views of the objects, or give detector boxes with proposal_source='external')"
+                    f"no candidate boxes: the geometric proposals found no object in the {len(frame_ids)} "
+                    "frames fused for them (add views of the objects, or give detector boxes with "
+                    "proposal_source='external')"
                 )
             c_world, s_world = scene.boxes_to_world(props.centers, props.sizes)
             out = _Candidates(props.centers, props.sizes, c_world, s_world, tuple("" for _ in range(len(props))),
-                              ("geometric",))
+                              ("geometric", frame_ids))
         timings["proposals_s"] = time.perf_counter() - t
         return out
+
+    def _proposal_frames(self, state: _SetState) -> tuple[tuple[int, ...], tuple[IngestedFrame, ...]]:
+        """Frames fused for the geometric proposals, in frame-id order: the query's keyframes and a
+        max-coverage selection of `EngineConfig.proposal_max_frames` pooled frames. Candidates are
+        geometry: the model's few keyframes need not show a box for it to be a candidate (its object
+        features are then its position alone), and a door seen in one frame outside them can still be
+        the landmark of "the chair closest to the door"."""
+        budget = self.config.proposal_max_frames
+        chosen = dict(zip(state.frame_ids, state.frames))
+        if budget > 0:
+            with self._lock:
+                if self._generation == state.generation:
+                    selection = self._index.select(self.config.strategy, budget)
+                    chosen.update(zip(selection.frame_ids, selection.frames))
+        ids = tuple(sorted(chosen))
+        return ids, tuple(chosen[i] for i in ids)
 
     # ------------------------------------------------------------------ tasks
     def _generate(self, ids: list[int], state: _SetState, prefix: VisualPrefix, coord_xyz: Any,
