@@ -9,14 +9,15 @@ Reported per scene: floor-standing objects, how many of them were observed (>= 1
 strictly inside the box, above 3 cm), recall at IoU 0.25 / 0.5 over all and over observed objects,
 the number of proposals (floor-extended twins included) and the fraction of them on an object
 (IoU >= 0.25 with a floor-standing object; twins count when they or their own box do; a wall-panel proposal
-with a door or window), the wall panels (door, window) found at IoU 0.25, the floor height error of the scene frame, and the time of fuse + scene frame +
+with a door or window), the wall panels (door, window) found at IoU 0.25, the wall-panel proposals (and how many of
+them match no door or window), the floor height error of the scene frame, and the time of fuse + scene frame +
 proposals. Prints a markdown table.
 
 `--rooms benchmark` takes the synthetic benchmark's rooms (`make_benchmark_scene`: repeated categories,
 and in most rooms a box standing on a table, bed, sofa or cabinet) instead of `make_scene`'s; the
 table then also reports the stacked boxes found at IoU 0.25 / 0.5.
 
-    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9 [--rooms benchmark] [--no-split-stacked] [--no-wall-panels]
+    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9 [--rooms benchmark] [--no-split-stacked] [--no-wall-panels] [--noise STD]
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def run_scene(seed: int, width: int, height: int, frames: int, stride: int, config: ProposalConfig,
-              rooms: str = "scene") -> dict[str, float]:
+              rooms: str = "scene", noise_std: float = 0.0) -> dict[str, float]:
     if rooms == "benchmark":
         from video3dllm_training.synthetic_benchmark import make_benchmark_scene
 
@@ -54,7 +55,7 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
         spec = make_scene(seed)
     doc = spec.to_json()  # the objects.json document
     ingestor = FrameIngestor()
-    ingested = [ingestor.ingest(f) for f in render_frames(spec, frames, width=width, height=height)]
+    ingested = [ingestor.ingest(f) for f in render_frames(spec, frames, width=width, height=height, noise_std=noise_std)]
 
     t0 = time.perf_counter()
     fused = fuse_points(ingested, stride=stride)
@@ -111,6 +112,8 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
         "on_object": int(on_object.sum()),
         "walls_found": int(np.sum(best_iou(wall_gt) >= 0.25)),
         "walls": len(wall_gt),
+        "panels": int(props.wall_panel.sum()) if props.wall_panel is not None else 0,
+        "panels_off": int(np.sum(props.wall_panel & ~on_object)) if props.wall_panel is not None else 0,
         "points": len(pts),
         "floor_err_mm": 1000 * floor_err,
         "t_fuse_ms": 1000 * (t1 - t0),
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--keep-fragments", action="store_true", help="keep clusters nested in a much larger one")
     parser.add_argument("--no-split-stacked", action="store_true", help="do not split supports from what stands on them")
     parser.add_argument("--no-wall-panels", action="store_true", help="do not propose coloured wall panels (doors, windows)")
+    parser.add_argument("--noise", type=float, default=0.0, help="Gaussian colour noise of the renders (intensity std, 0-255)")
     parser.add_argument("--rooms", choices=("scene", "benchmark"), default="scene",
                         help="make_scene's rooms (default) or the synthetic benchmark's (stacked boxes)")
     args = parser.parse_args()
@@ -138,19 +142,21 @@ def main() -> None:
                             drop_nested_fragments=not args.keep_fragments, split_stacked=not args.no_split_stacked,
                             propose_wall_panels=not args.no_wall_panels)
 
-    rows = [run_scene(s, args.width, args.height, args.frames, args.stride, config, args.rooms) for s in _seeds(args.seeds)]
+    rows = [run_scene(s, args.width, args.height, args.frames, args.stride, config, args.rooms, args.noise)
+            for s in _seeds(args.seeds)]
     print(
         f"Synthetic {'benchmark rooms' if args.rooms == 'benchmark' else 'scenes'}, {args.width}x{args.height}, "
         f"{args.frames} frames, stride {args.stride}, voxel {args.voxel} m, twins {'off' if args.no_twins else 'on'}, "
         f"nested fragments {'kept' if args.keep_fragments else 'dropped'}, "
-        f"stacked {'not split' if args.no_split_stacked else 'split'}, wall panels {'off' if args.no_wall_panels else 'on'}\n"
+        f"stacked {'not split' if args.no_split_stacked else 'split'}, wall panels {'off' if args.no_wall_panels else 'on'}, "
+        f"colour noise {args.noise:g}\n"
     )
-    print("| seed | objects (observed) | R@0.25 | R@0.5 | R@0.25 obs. | R@0.5 obs. | stacked @0.25 / @0.5 | proposals | on an object | door/window @0.25 | points | floor err (mm) | fuse + frame + propose (ms) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| seed | objects (observed) | R@0.25 | R@0.5 | R@0.25 obs. | R@0.5 obs. | stacked @0.25 / @0.5 | proposals | on an object | door/window @0.25 | panels (off one) | points | floor err (mm) | fuse + frame + propose (ms) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['seed']} | {r['objects']} ({r['observed']}) | {r['r25']:.2f} | {r['r50']:.2f} | {r['r25_obs']:.2f} | "
-            f"{r['r50_obs']:.2f} | {r['stacked_r25']} / {r['stacked_r50']} of {r['stacked']} | {r['proposals']} | {r['on_object'] / max(1, r['proposals']):.2f} | {r['walls_found']}/{r['walls']} | {r['points']:,} | "
+            f"{r['r50_obs']:.2f} | {r['stacked_r25']} / {r['stacked_r50']} of {r['stacked']} | {r['proposals']} | {r['on_object'] / max(1, r['proposals']):.2f} | {r['walls_found']}/{r['walls']} | {r['panels']} ({r['panels_off']}) | {r['points']:,} | "
             f"{r['floor_err_mm']:+.1f} | {r['t_fuse_ms']:.0f} + {r['t_frame_ms']:.0f} + {r['t_propose_ms']:.0f} |"
         )
     n_obj = sum(r["objects"] for r in rows)
@@ -165,6 +171,7 @@ def main() -> None:
         f"{sum(r['stacked_r25'] for r in rows)} / {sum(r['stacked_r50'] for r in rows)} of {sum(r['stacked'] for r in rows)} | "
         f"{np.mean([r['proposals'] for r in rows]):.1f} | "
         f"**{sum(r['on_object'] for r in rows) / max(1, sum(r['proposals'] for r in rows)):.3f}** | {sum(r['walls_found'] for r in rows)}/{sum(r['walls'] for r in rows)} | "
+        f"{sum(r['panels'] for r in rows)} ({sum(r['panels_off'] for r in rows)}) | "
         f"{np.mean([r['points'] for r in rows]):,.0f} | {np.mean([abs(r['floor_err_mm']) for r in rows]):.1f} | "
         f"{np.mean([r['t_fuse_ms'] for r in rows]):.0f} + {np.mean([r['t_frame_ms'] for r in rows]):.0f} + "
         f"{np.mean([r['t_propose_ms'] for r in rows]):.0f} |"

@@ -423,6 +423,29 @@ def test_synthetic_doors_and_windows_are_proposed(synthetic_runs: list[dict[str,
         assert np.all(iou.max(axis=0) >= 0.25), iou
 
 
+def test_colour_noise_does_not_make_wall_panels() -> None:
+    """Rendered with strong colour noise (std 20 of 255 per channel), the wall voxels' chromaticities scatter: a
+    dark corner's noisy voxels pass the colour test and DBSCAN chains them into large sparse pieces (17-18 per
+    room with panel_min_fill near 0). The fill test keeps only the door and window."""
+    spec = make_scene(1)
+    ingestor = FrameIngestor()
+    fused = fuse_points([ingestor.ingest(f) for f in render_frames(spec, 20, width=160, height=120, noise_std=20.0)])
+    frame = SceneFrame.estimate(fused.points)
+    panels = [o for o in spec.objects if o.placement == "wall"]
+    gt_c, gt_s = np.array([o.center for o in panels]), np.array([o.size for o in panels])
+    counts = []
+    for fill in (1e-6, ProposalConfig.panel_min_fill):
+        props = propose_boxes(frame.to_scene(fused.points), fused.colors, ProposalConfig(panel_min_fill=fill))
+        assert props.wall_panel is not None
+        centers, sizes = frame.boxes_to_world(props.centers[props.wall_panel], props.sizes[props.wall_panel])
+        counts.append(len(centers))
+        if fill == ProposalConfig.panel_min_fill:
+            iou = _iou(gt_c, gt_s, centers, sizes)
+            assert np.all(iou.max(axis=0) >= 0.25), iou  # every panel is the door or the window
+            assert np.all(iou.max(axis=1) >= 0.25), iou  # and both are found
+    assert counts[0] > 5 * counts[1], counts
+
+
 def test_deterministic(synthetic_runs: list[dict[str, object]]) -> None:
     """Bitwise the same proposals on every call, also from concurrent threads (Open3D's RANSAC
     made different wall/surface choices run to run on these scenes)."""
@@ -553,6 +576,8 @@ def test_config_and_input_validation() -> None:
         ProposalConfig(panel_chroma_distance=0.0)
     with pytest.raises(ValueError, match="panel_min_side_m must be a positive number of metres"):
         ProposalConfig(panel_min_side_m=-0.1)
+    with pytest.raises(ValueError, match="panel_min_fill must be a fraction"):
+        ProposalConfig(panel_min_fill=1.5)
     with pytest.raises(ValueError, match="points must be"):
         propose_boxes(np.zeros((5, 2)))
     with pytest.raises(ValueError, match="colors must be uint8"):

@@ -55,7 +55,8 @@ the fused keyframe points, in a z-up frame (the scene frame of `video3dllm_core.
    DBSCAN never sees them - yet "the chair closest to the door" needs the door as a candidate. In
    each wall's removed slab, the voxels whose mean chromaticity lies at least `panel_chroma_distance`
    from the wall's own (the slab's median) are clustered; a piece spanning at least
-   `panel_min_side_m` along the wall and in height becomes a proposal marked `Proposals.wall_panel`.
+   `panel_min_side_m` along the wall and in height and filling `panel_min_fill` of that outline
+   (sensor noise gives sparse pieces) becomes a proposal marked `Proposals.wall_panel`.
    Its box runs from the wall plane to the piece's face, `panel_margin_m` beyond it so that the
    face's points lie inside, and its bottom snaps to the floor like an object's. A wall without colour contrast (a white door in a white wall, glass
    that returns no depth) gives no panel: geometry alone cannot tell it from the wall.
@@ -160,6 +161,9 @@ class ProposalConfig:
     panel_min_side_m: float = 0.25
     """`propose_wall_panels`: a panel spans at least this along the wall and in height (a picture, not the
     thin strip where an object's side touches the wall)."""
+    panel_min_fill: float = 0.5
+    """`propose_wall_panels`: a panel's voxels cover at least this fraction of its outline on the wall (its
+    along-wall x height rectangle, in voxel cells); sensor noise makes sparse pieces (docs/scene.md)."""
     panel_margin_m: float = 0.01
     """`propose_wall_panels`: the box reaches this far past the panel's face into the room."""
     seed: int = 0
@@ -194,7 +198,7 @@ class ProposalConfig:
                 f"ProposalConfig.min_extent_m ({self.min_extent_m}) exceeds max_extent_m ({self.max_extent_m})"
             )
         for name in ("nested_inside_fraction", "nested_volume_ratio", "support_fill_fraction",
-                     "stacked_max_footprint_fraction"):
+                     "stacked_max_footprint_fraction", "panel_min_fill"):
             value = getattr(self, name)
             if not (np.isfinite(value) and 0 < value <= 1):
                 raise ValueError(f"ProposalConfig.{name} must be a fraction in (0, 1], got {value}")
@@ -400,8 +404,14 @@ def _wall_panels(vox: np.ndarray, vox_colors: np.ndarray, walls: list[_Wall], cf
         for label in range(int(labels.max()) + 1 if len(labels) else 0):
             piece = off[labels == label]
             width, height = float(np.ptp(vox[piece] @ along)), float(np.ptp(vox[piece, 2]))
-            if (len(piece) >= cfg.min_cluster_voxels and min(width, height) >= cfg.panel_min_side_m
+            if not (len(piece) >= cfg.min_cluster_voxels and min(width, height) >= cfg.panel_min_side_m
                     and max(width, height) <= cfg.max_extent_m):
+                continue
+            # A panel fills its outline on the wall; colour noise (dark corners, a noisy sensor) gives
+            # scattered voxels that DBSCAN chains into large sparse pieces.
+            cells = np.floor(np.stack([vox[piece] @ along, vox[piece, 2]], axis=1) / cfg.voxel_m).astype(np.int64)
+            outline = float(np.prod(np.ptp(cells, axis=0) + 1))
+            if len(np.unique(cells, axis=0)) >= cfg.panel_min_fill * outline:
                 panels.append(_Panel(piece, wall, wall_chroma))
     return panels
 
