@@ -30,6 +30,7 @@ def _full_answer() -> Answer:
         candidates=(GroundedObject((21.0, -11.0, 0.45), (0.5, 0.5, 0.9), 0.8125, "chair", 2),
                     GroundedObject((19.0, -13.0, 0.2), (0.4, 0.4, 0.4), 0.1, "", 0)),
         no_object_score=-0.5,
+        proposal_stamps_ns=(1_700_000_000_123_456_789, 1_700_000_000_500_000_000, 1_700_000_001_000_000_000),
     )
 
 

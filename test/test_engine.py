@@ -276,10 +276,15 @@ def test_candidates_come_from_more_frames_than_the_keyframes(default_model: Vide
         return np.c_[frame.boxes_to_world(props.centers, props.sizes)]
 
     assert len(answer.keyframe_stamps_ns) == 2
+    assert answer.proposal_stamps_ns == tuple(f.stamp_ns for f in fed)
     np.testing.assert_allclose(_boxes(answer.candidates), independent(fed, answer.keyframe_stamps_ns), rtol=0, atol=1e-3)
     keyframes_only = _engine(default_model, fed, strategy="mc", max_frames=2, proposal_max_frames=0)
     few = keyframes_only.query("where is the chair?", task="ground")
     assert few.keyframe_stamps_ns == answer.keyframe_stamps_ns
+    assert few.proposal_stamps_ns == tuple(sorted(few.keyframe_stamps_ns))
+    caption = keyframes_only.query("what is this?", task="caption", target_xyz=few.candidates[0].center_xyz)
+    assert caption.ok and caption.proposal_stamps_ns == few.proposal_stamps_ns
+    assert keyframes_only.query("what is next to the sofa?", task="qa").proposal_stamps_ns == ()  # no candidates
     truth = _world_true_boxes(scene)
     found = (_iou(truth, _boxes(answer.candidates)).max(axis=1) >= 0.25).sum()
     assert found > (_iou(truth, _boxes(few.candidates)).max(axis=1) >= 0.25).sum()  # two frames miss objects
@@ -288,6 +293,7 @@ def test_candidates_come_from_more_frames_than_the_keyframes(default_model: Vide
         assert engine.add_frame(frame)
     again = engine.query("where is the chair?", task="ground")
     assert again.ok and again.keyframe_stamps_ns == answer.keyframe_stamps_ns
+    assert again.proposal_stamps_ns == tuple(f.stamp_ns for f in frames[:16])
     everything = sorted(fed + later, key=lambda f: f.stamp_ns)
     np.testing.assert_allclose(_boxes(again.candidates), independent(everything, answer.keyframe_stamps_ns),
                                rtol=0, atol=1e-3)
@@ -454,6 +460,7 @@ def test_external_boxes_labels_and_caption_box(default_model: Video3DLLM, far_ro
     grounded = engine.query("find the chair", task="ground")
     assert grounded.ok and [c.label for c in grounded.candidates] == labels
     np.testing.assert_array_equal(_boxes(grounded.candidates), truth)  # exactly the boxes given
+    assert grounded.proposal_stamps_ns == ()  # no frames fused for external boxes
     caption = engine.query("", task="caption", target_xyz=truth[2, :3] + 0.01)
     assert caption.ok and len(caption.objects) == 1
     assert caption.objects[0].proposal_index == 2 and caption.objects[0].label == labels[2]

@@ -78,6 +78,9 @@ class Answer:
     # the chosen ones are also in `objects`. Empty for other tasks.
     candidates: tuple[GroundedObject, ...] = ()
     no_object_score: float | None = None  # grounding: score of the learned "no object" target
+    # Grounding and captioning on geometric proposals: stamps of the frames the candidate boxes were fused
+    # from (time order; the keyframes and more, EngineConfig.proposal_max_frames). Empty otherwise.
+    proposal_stamps_ns: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -134,4 +137,5 @@ class Answer:
             candidates=tuple(GroundedObject.from_dict(o, f"candidates[{i}]")
                              for i, o in enumerate(data.get("candidates") or ())),
             no_object_score=None if no_object is None else float(no_object),
+            proposal_stamps_ns=tuple(int(t) for t in data.get("proposal_stamps_ns") or ()),
         )

@@ -104,8 +104,11 @@ def print_answer(row: dict[str, Any], file: Any = None) -> None:
             file=file,
         )
     t = row["timings"]
+    fused = row.get("proposal_stamps_ns") or ()
     print(
-        f"   {len(row['keyframe_stamps_ns'])} keyframes, coverage {row['coverage']:.1%}, "
+        f"   {len(row['keyframe_stamps_ns'])} keyframes"
+        + (f" (candidates from {len(fused)} frames)" if fused else "")
+        + f", coverage {row['coverage']:.1%}, "
         f"{t['total_s'] * 1e3:.0f} ms (vision {t['vision_s'] * 1e3:.0f}, prefill {t['prefill_s'] * 1e3:.0f}, "
         f"decode {t['decode_s'] * 1e3:.0f})",
         file=file,

@@ -104,6 +104,7 @@ class _Candidates:
     sizes_world: np.ndarray
     labels: tuple[str, ...]
     cache_key: tuple[Any, ...]
+    stamps_ns: tuple[int, ...] = ()  # geometric: the frames the proposals were fused from
 
     def __len__(self) -> int:
         return int(self.centers_scene.shape[0])
@@ -545,7 +546,7 @@ class SceneEngine:
                 )
             c_world, s_world = scene.boxes_to_world(props.centers, props.sizes)
             out = _Candidates(props.centers, props.sizes, c_world, s_world, tuple("" for _ in range(len(props))),
-                              ("geometric", frame_ids))
+                              ("geometric", frame_ids), tuple(sorted(f.stamp_ns for f in frames)))
         timings["proposals_s"] = time.perf_counter() - t
         return out
 
@@ -605,7 +606,7 @@ class SceneEngine:
         objects_out = tuple(candidates[i] for i in chosen)
         text = "no matching object" if not objects_out else f"{len(objects_out)} object" + ("s" if len(objects_out) > 1 else "")
         return Answer(text=text, objects=objects_out, candidates=candidates, no_object_score=float(values[-1]),
-                      warnings=tuple(warnings), **base)
+                      warnings=tuple(warnings), proposal_stamps_ns=cands.stamps_ns, **base)
 
     def _caption(self, ids: list[int], state: _SetState, prefix: VisualPrefix, boxes: _Boxes | None,
                  target_world: tuple[float, float, float], timings: dict[str, float], warnings: list[str],
@@ -630,7 +631,8 @@ class SceneEngine:
             if distance > 0.0:
                 warnings.append(f"no candidate box contains target_xyz; the nearest one ({distance:.2f} m away) is described")
         text, more = self._generate(ids, state, prefix, np.asarray(location, dtype=np.float32), timings)
-        return Answer(text=text, objects=objects_out, warnings=tuple(warnings + more), **base)
+        return Answer(text=text, objects=objects_out, warnings=tuple(warnings + more),
+                      proposal_stamps_ns=cands.stamps_ns if cands is not None else (), **base)
 
 
 # ---------------------------------------------------------------------- helpers
