@@ -68,6 +68,7 @@ ANSWER = Answer(
     ),
     keyframe_stamps_ns=(STAMP - 2_000_000_000, STAMP - 1_000_000_000),
     coverage=0.93,
+    proposal_stamps_ns=(STAMP - 3_000_000_000, STAMP - 2_000_000_000, STAMP - 1_500_000_000, STAMP - 1_000_000_000),
 )
 
 
@@ -322,6 +323,7 @@ def test_query_response_fields_build_the_real_response_type() -> None:
     assert msg.success and msg.answer == ANSWER.text and msg.message == ""
     assert msg.header.frame_id == "map" and msg.keyframe_count == 2
     assert [convert.stamp_to_ns(t) for t in msg.keyframe_stamps] == list(ANSWER.keyframe_stamps_ns)
+    assert [convert.stamp_to_ns(t) for t in msg.proposal_stamps] == list(ANSWER.proposal_stamps_ns)
     assert msg.coverage == pytest.approx(0.93) and msg.latency_s == pytest.approx(0.25)
     assert [o.label for o in msg.objects] == ["chair", ""]
     assert msg.objects[0].score == pytest.approx(0.8)
@@ -335,7 +337,7 @@ def test_error_answer_becomes_unsuccessful_response() -> None:
     answer = Answer(question="q", task="auto", error="no frames yet: publish RGB-D first")
     fields = convert.answer_to_query_fields(TS, answer, "map", STAMP, 0.0)
     assert fields["success"] is False and fields["message"] == "no frames yet: publish RGB-D first"
-    assert fields["objects"] == [] and fields["keyframe_count"] == 0
+    assert fields["objects"] == [] and fields["keyframe_count"] == 0 and fields["proposal_stamps"] == []
 
 
 # ------------------------------------------------------------------------------- clouds

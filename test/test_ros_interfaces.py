@@ -57,6 +57,7 @@ def test_query_srv_parses_with_rosidl_adapter() -> None:
         "keyframe_count": "uint32",
         "keyframe_stamps": "builtin_interfaces/Time[]",
         "coverage": "float32",
+        "proposal_stamps": "builtin_interfaces/Time[]",
         "latency_s": "float32",
     }
 
@@ -108,9 +109,10 @@ def test_msg_and_srv_convert_to_idl_that_rosidl_parser_reads(tmp_path: Path) -> 
     objects = response["objects"]
     assert isinstance(objects, UnboundedSequence)
     assert objects.value_type.namespaced_name() == ("video3dllm", "msg", "GroundedObject")
-    stamps = response["keyframe_stamps"]
-    assert isinstance(stamps, UnboundedSequence)
-    assert stamps.value_type.namespaced_name() == ("builtin_interfaces", "msg", "Time")
+    for name in ("keyframe_stamps", "proposal_stamps"):
+        stamps = response[name]
+        assert isinstance(stamps, UnboundedSequence), name
+        assert stamps.value_type.namespaced_name() == ("builtin_interfaces", "msg", "Time"), name
     assert response["latency_s"].typename == "float"
     # The comments of the .srv travel into the IDL as verbatim annotations (ros2 interface show).
     assert "keyframe budget" in srv_idl.read_text().lower()
