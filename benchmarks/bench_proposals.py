@@ -17,12 +17,13 @@ proposals. Prints a markdown table.
 and in most rooms a box standing on a table, bed, sofa or cabinet) instead of `make_scene`'s; the
 table then also reports the stacked boxes found at IoU 0.25 / 0.5.
 
-    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9 [--rooms benchmark] [--no-split-stacked] [--no-wall-panels] [--noise STD]
+    .venv/bin/python benchmarks/bench_proposals.py --seeds 0-9 [--rooms benchmark] [--no-split-stacked] [--no-wall-panels] [--noise STD] [--yaw DEG]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -45,8 +46,16 @@ def _seeds(text: str) -> list[int]:
     return out
 
 
+def _turn(yaw_deg: float) -> np.ndarray:
+    """4x4 rotation about z by yaw_deg (the room's pose in the world)."""
+    a = np.radians(yaw_deg)
+    T = np.eye(4)
+    T[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    return T
+
+
 def run_scene(seed: int, width: int, height: int, frames: int, stride: int, config: ProposalConfig,
-              rooms: str = "scene", noise_std: float = 0.0) -> dict[str, float]:
+              rooms: str = "scene", noise_std: float = 0.0, yaw_deg: float = 0.0) -> dict[str, float]:
     if rooms == "benchmark":
         from video3dllm_training.synthetic_benchmark import make_benchmark_scene
 
@@ -55,7 +64,9 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
         spec = make_scene(seed)
     doc = spec.to_json()  # the objects.json document
     ingestor = FrameIngestor()
-    ingested = [ingestor.ingest(f) for f in render_frames(spec, frames, width=width, height=height, noise_std=noise_std)]
+    T_world_room = _turn(yaw_deg)  # the walls leave the world's axes, and the scene frame's (it does not turn)
+    ingested = [ingestor.ingest(dataclasses.replace(f, T_world_cam=T_world_room @ f.T_world_cam))
+                for f in render_frames(spec, frames, width=width, height=height, noise_std=noise_std)]
 
     t0 = time.perf_counter()
     fused = fuse_points(ingested, stride=stride)
@@ -68,7 +79,15 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
     pred = np.hstack([centers, sizes]) if len(props) else np.zeros((0, 6))
 
     def boxes(placement: str) -> np.ndarray:
-        rows = [o["box"]["center"] + o["box"]["size"] for o in doc["objects"] if o["placement"] == placement]
+        """objects.json boxes, turned with the room: the axis-aligned box around each turned box."""
+        rows = []
+        for o in doc["objects"]:
+            if o["placement"] != placement:
+                continue
+            c, sz = np.asarray(o["box"]["center"]), np.asarray(o["box"]["size"])
+            corners = (c + sz * np.array([[x, y, z] for x in (-.5, .5) for y in (-.5, .5) for z in (-.5, .5)]))
+            corners = corners @ T_world_room[:3, :3].T
+            rows.append(np.r_[(corners.min(axis=0) + corners.max(axis=0)) / 2, np.ptp(corners, axis=0)])
         return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
 
     def best_iou(gt: np.ndarray) -> np.ndarray:
@@ -135,6 +154,9 @@ def main() -> None:
     parser.add_argument("--no-split-stacked", action="store_true", help="do not split supports from what stands on them")
     parser.add_argument("--no-wall-panels", action="store_true", help="do not propose coloured wall panels (doors, windows)")
     parser.add_argument("--noise", type=float, default=0.0, help="Gaussian colour noise of the renders (intensity std, 0-255)")
+    parser.add_argument("--yaw", type=float, default=0.0,
+                        help="turn each room by this many degrees about z in the world (walls oblique to the axes; "
+                             "truth: the axis-aligned box around each turned box)")
     parser.add_argument("--rooms", choices=("scene", "benchmark"), default="scene",
                         help="make_scene's rooms (default) or the synthetic benchmark's (stacked boxes)")
     args = parser.parse_args()
@@ -142,14 +164,14 @@ def main() -> None:
                             drop_nested_fragments=not args.keep_fragments, split_stacked=not args.no_split_stacked,
                             propose_wall_panels=not args.no_wall_panels)
 
-    rows = [run_scene(s, args.width, args.height, args.frames, args.stride, config, args.rooms, args.noise)
+    rows = [run_scene(s, args.width, args.height, args.frames, args.stride, config, args.rooms, args.noise, args.yaw)
             for s in _seeds(args.seeds)]
     print(
         f"Synthetic {'benchmark rooms' if args.rooms == 'benchmark' else 'scenes'}, {args.width}x{args.height}, "
         f"{args.frames} frames, stride {args.stride}, voxel {args.voxel} m, twins {'off' if args.no_twins else 'on'}, "
         f"nested fragments {'kept' if args.keep_fragments else 'dropped'}, "
         f"stacked {'not split' if args.no_split_stacked else 'split'}, wall panels {'off' if args.no_wall_panels else 'on'}, "
-        f"colour noise {args.noise:g}\n"
+        f"colour noise {args.noise:g}, rooms turned {args.yaw:g} deg\n"
     )
     print("| seed | objects (observed) | R@0.25 | R@0.5 | R@0.25 obs. | R@0.5 obs. | stacked @0.25 / @0.5 | proposals | on an object | door/window @0.25 | panels (off one) | points | floor err (mm) | fuse + frame + propose (ms) |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -421,10 +421,14 @@ def _panel_boxes(points: np.ndarray, colors: np.ndarray, point_panel: np.ndarray
                  cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Boxes lo, hi [P, 3], point counts [P] and mean colours [P, 3] uint8 of the panels (point_panel: each
     point's panel, -1 none), measured on the points of their voxels that have the panel's colour themselves
-    (a voxel on the panel's edge also holds wall points). Along the wall and in height: the extent of those
-    points, the bottom snapped to the floor like an object's. Across: from the wall plane to the face (the
+    (a voxel on the panel's edge also holds wall points).
+
+    Each panel is first a box in its wall's own axes: along the wall and in height the extent of those
+    points (the bottom snapped to the floor like an object's); across, from the wall plane to the face (the
     98th percentile of the points' distance from the plane: the 2 % flying pixels of depth edges stay out)
-    plus `panel_margin_m`, or back to a recessed panel's 2nd percentile."""
+    plus `panel_margin_m`, or back to a recessed panel's 2nd percentile. The axis-aligned box around that
+    box's corners is the proposal: for a wall along x or y the two are the same; for an oblique wall the
+    proposal covers the panel like any object's box covers a turned object."""
     n = len(panels)
     lo, hi, counts, mean_colors = np.zeros((n, 3)), np.zeros((n, 3)), np.zeros(n, dtype=np.int64), np.zeros((n, 3))
     for k, panel in enumerate(panels):
@@ -433,21 +437,23 @@ def _panel_boxes(points: np.ndarray, colors: np.ndarray, point_panel: np.ndarray
         own = np.linalg.norm(_chroma(c) - panel.wall_chroma, axis=1) >= cfg.panel_chroma_distance
         if int(own.sum()) >= 3:
             p, c = p[own], c[own]
-        n_vec, d = panel.wall.normal, panel.wall.offset
-        toward_room = 1.0 if float(n_vec @ room_center) + d >= 0 else -1.0
-        depth = toward_room * (p @ n_vec + d)  # distance from the wall plane into the room
+        normal, offset = panel.wall.normal, panel.wall.offset
+        horizontal = float(np.linalg.norm(normal[:2]))
+        across = np.array([normal[0], normal[1], 0.0]) / horizontal  # walls are vertical within plane_angle_tol_deg
+        along = np.array([-across[1], across[0], 0.0])
+        toward_room = 1.0 if float(normal @ room_center) + offset >= 0 else -1.0
+        plane = -(offset + normal[2] * float(np.mean(p[:, 2]))) / horizontal  # the wall's `across` coordinate
+        depth = toward_room * (p @ across - plane)  # distance from the wall plane into the room
         front = max(float(np.percentile(depth, 98)), 0.0) + cfg.panel_margin_m
         back = min(float(np.percentile(depth, 2)), 0.0)
-        lo[k], hi[k] = p.min(axis=0), p.max(axis=0)
-        axis = int(np.argmax(np.abs(n_vec[:2])))
-        center = (lo[k] + hi[k]) / 2
-        others = [a for a in range(3) if a != axis]
-        on_plane = -(d + float(n_vec[others] @ center[others])) / float(n_vec[axis])  # the wall at the panel's centre
-        step = toward_room * float(np.sign(n_vec[axis])) / abs(float(n_vec[axis]))  # axis coordinate per metre into the room
-        ends = (on_plane + step * back, on_plane + step * front)
-        lo[k, axis], hi[k, axis] = min(ends), max(ends)
-        if cfg.snap_to_floor and lo[k, 2] <= floor_z + cfg.floor_snap_m:
-            lo[k, 2] = min(lo[k, 2], floor_z)
+        u = p @ along
+        z_lo, z_hi = float(p[:, 2].min()), float(p[:, 2].max())
+        if cfg.snap_to_floor and z_lo <= floor_z + cfg.floor_snap_m:
+            z_lo = min(z_lo, floor_z)
+        corners = np.array([a * along + (plane + toward_room * t) * across
+                            for a in (float(u.min()), float(u.max())) for t in (back, front)])
+        lo[k] = [*corners[:, :2].min(axis=0), z_lo]
+        hi[k] = [*corners[:, :2].max(axis=0), z_hi]
         counts[k] = len(p)
         mean_colors[k] = c.astype(np.float64).mean(axis=0)
     return lo, hi, counts, np.round(mean_colors).astype(np.uint8)
