@@ -10,6 +10,7 @@ number of correct answers per room. Pass several models to compare them on the s
         [--stacked both]                   # columns with and without splitting stacked objects
         [--panels both]                    # columns with and without wall-panel proposals (doors, windows)
         [--proposal-frames 0 --proposal-frames 16]   # candidates fused from the keyframes alone / 16 frames
+        [--turn 30 --scene-yaw both]       # rooms turned in the map; scene frame along the walls / the map
 
 Without --model: the embedded default model. ~1 s per room on one core at 640x480.
 """
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--proposal-frames", type=int, action="append", default=None,
                    help="frames fused for the proposals (EngineConfig.proposal_max_frames; repeatable: one column "
                         "each; default: the engine's)")
+    p.add_argument("--turn", type=float, default=0.0, metavar="DEG",
+                   help="turn every room by DEG degrees about up in the map frame (demo --turn)")
+    p.add_argument("--scene-yaw", choices=("walls", "world", "both"), default="walls",
+                   help="EngineConfig.scene_yaw (default walls), or one column each")
     args = p.parse_args(argv)
     models: list[tuple[str, str | None]] = [("default", None)]
     if args.model:
@@ -57,31 +62,33 @@ def main(argv: list[str] | None = None) -> int:
     splits = {"split": [True], "merged": [False], "both": [True, False]}[args.stacked]
     panel_modes = {"on": [True], "off": [False], "both": [True, False]}[args.panels]
     proposal_frames: list[int | None] = args.proposal_frames or [None]
+    yaws = ["walls", "world"] if args.scene_yaw == "both" else [args.scene_yaw]
 
-    def column(name: str, budget: int | None, split: bool, panels: bool, pf: int | None) -> str:
+    def column(name: str, budget: int | None, split: bool, panels: bool, pf: int | None, yaw: str) -> str:
         words = [name] + ([f"({budget} frames)"] if budget else [])
         words += [] if len(splits) == 1 else ["split" if split else "merged"]
         words += [] if len(panel_modes) == 1 else ["panels" if panels else "no panels"]
         words += [] if pf is None else [f"proposals from {pf or 'keyframes'}"]
+        words += [] if len(yaws) == 1 else [f"yaw {yaw}"]
         return " ".join(words)
 
-    runs = [(column(name, b, split, panels, pf), path, b, split, panels, pf)
+    runs = [(column(name, b, split, panels, pf, yaw), path, b, split, panels, pf, yaw)
             for name, path in models for b in budgets for split in splits for panels in panel_modes
-            for pf in proposal_frames]
-    rooms = [render_demo_room(seed, args.frames, args.width, args.height) for seed in range(args.rooms)]
+            for pf in proposal_frames for yaw in yaws]
+    rooms = [render_demo_room(seed, args.frames, args.width, args.height, args.turn) for seed in range(args.rooms)]
     correct: dict[str, Counter[str]] = {}
     per_room: dict[str, list[int]] = {}
     proposals_ms: dict[str, list[float]] = {}  # per room: the slowest proposals stage (the one that computed them)
     questions: list[str] = []
-    for name, path, budget, split, panels, pf in runs:
+    for name, path, budget, split, panels, pf, yaw in runs:
         correct[name], per_room[name], proposals_ms[name] = Counter(), [], []
         extra = {} if pf is None else {"proposal_max_frames": pf}
-        engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget, **extra,
+        engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget, **extra, scene_yaw=yaw,
                                                proposal_config=ProposalConfig(split_stacked=split,
                                                                               propose_wall_panels=panels)))
         for seed, (spec, frames) in enumerate(rooms):
             engine.reset()  # a fresh scene for every room, one model load per model
-            _, rows = ask_demo_room(spec, frames, engine, seed)
+            _, rows = ask_demo_room(spec, frames, engine, seed, args.turn)
             for row in rows:
                 key = f"Q{row['index']} {row['task']}"
                 if key not in questions:
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             per_room[name].append(sum(bool(r.get("correct")) for r in rows))
             proposals_ms[name].append(1000 * max((r.get("timings") or {}).get("proposals_s", 0.0) for r in rows))
     print(f"demo questions answered correctly in {args.rooms} rooms (seeds 0..{args.rooms - 1}, "
-          f"{args.frames} frames at {args.width}x{args.height})")
+          f"{args.frames} frames at {args.width}x{args.height}" + (f", turned {args.turn:g} deg" if args.turn else "") + ")")
     print("| question | " + " | ".join(correct) + " |")
     print("| --- |" + " --- |" * len(correct))
     for key in questions:

@@ -244,6 +244,28 @@ def test_demo_answers_every_task_next_to_the_truth_and_writes_the_report(
             assert image.format == "PNG"
 
 
+def test_demo_turns_the_room_in_the_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--turn DEG: the room is turned about up around its map position; the truth boxes are the axis-aligned
+    boxes around the turned objects (independently computed here)."""
+    from video3dllm_core.commands.demo import T_MAP_WORLD_XYZ
+    from video3dllm_core.report import read_jsonl
+    from video3dllm_training.synthetic_benchmark import make_benchmark_scene
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--frames", "4", "--width", "128", "--height", "96", "--seed", "2",
+                 "--turn", "30", "--scene-yaw", "world"]) == 0
+    assert "turned 30 deg" in capsys.readouterr().out
+    objects = {f"{o.colour} {o.label}": o for o in make_benchmark_scene(2).objects}
+    c30, s30 = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    for row in read_jsonl(out / "answers.jsonl"):
+        for gt in row["ground_truth"]:
+            obj = objects[gt["label"]]
+            (cx, cy, cz), (dx, dy, dz) = obj.center, obj.size
+            x, y = c30 * cx - s30 * cy + T_MAP_WORLD_XYZ[0], s30 * cx + c30 * cy + T_MAP_WORLD_XYZ[1]
+            assert gt["center_xyz"] == pytest.approx([x, y, cz + T_MAP_WORLD_XYZ[2]])
+            assert gt["size_xyz"] == pytest.approx([c30 * dx + s30 * dy, s30 * dx + c30 * dy, dz])
+
+
 def test_demo_rejects_too_few_frames(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--frames", "1"]) == 2
     assert "--frames must be at least 2" in capsys.readouterr().err

@@ -235,11 +235,16 @@ def test_rotated_map_keeps_engine_coordinates_consistent(recording: Recording) -
     posed = {f.stamp_ns + DEFAULT_STAMP_OFFSET_NS: f.T_world_cam for f in rec.frames["posed"]}
     for stamp, pose in zip(ground.keyframe_stamps_ns, ground.keyframe_poses):
         np.testing.assert_allclose(pose, T @ posed[stamp], rtol=0, atol=1e-9)
-    # scene frame: z-up map -> pure translation to the room's centre (world origin) and floor (z = 0)
+    # scene frame: turned about up onto the room's walls (scene_yaw 'walls': the map's 35 degrees undone, modulo
+    # 90), origin at the room's centre (world origin) and floor (z = 0)
     scene = engine.scene_frame
-    assert scene is not None and scene.is_pure_translation
-    np.testing.assert_allclose(scene.T_scene_world[:2, 3], -T[:2, 3], rtol=0, atol=0.3)
-    assert abs(scene.T_scene_world[2, 3]) < 0.03
+    assert scene is not None
+    R = scene.T_scene_world[:3, :3] @ T[:3, :3]  # scene <- room: a multiple of 90 degrees about up
+    turn = np.degrees(np.arctan2(R[1, 0], R[0, 0]))
+    assert abs((turn + 45.0) % 90.0 - 45.0) < 0.5, turn
+    np.testing.assert_allclose(R[2], [0.0, 0.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(scene.to_scene(T[:3, 3])[:2], [0.0, 0.0], rtol=0, atol=0.3)
+    assert abs(scene.to_scene(T[:3, 3])[2]) < 0.03
     # coverage voxels lie in the turned room in map (room footprint rotated, plus a voxel of slack)
     room = json.loads((rec.scene_dir / "objects.json").read_text())["room"]["size"]
     local = (engine.coverage_points().astype(np.float64) - T[:3, 3]) @ T[:3, :3]  # map -> world

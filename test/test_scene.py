@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from video3dllm_core.scene import SceneFrame, range_warnings
+from video3dllm_core.scene import SceneFrame, estimate_wall_yaw, range_warnings
 
 
 def _room(rng: np.random.Generator, floor_xy: tuple[float, float] = (6.0, 4.0), n_floor: int = 6000) -> np.ndarray:
@@ -200,3 +200,46 @@ def test_optional_yaw_rotates_about_up_only_and_boxes_become_hulls() -> None:
     corners = frame.to_world(_box_corners(c, s))
     np.testing.assert_allclose(sw, corners.max(axis=0) - corners.min(axis=0), atol=1e-9)
     assert sw[0] > s[0] and sw[1] > s[1] and sw[2] == pytest.approx(s[2])
+
+
+def _rendered_room_points(turn_deg: float) -> np.ndarray:
+    """Fused points of rendered room 1 (4 frames of 16 at 320x240) turned by turn_deg about up in the world."""
+    import dataclasses
+
+    from video3dllm_core.ingest import FrameIngestor
+    from video3dllm_core.proposals import fuse_points
+    from video3dllm_core.synthetic import make_scene, render_frames
+
+    T = _T(turn_deg, (20.0, -12.0, 0.3))
+    ingestor = FrameIngestor()
+    frames = [ingestor.ingest(dataclasses.replace(f, T_world_cam=T @ f.T_world_cam))
+              for f in render_frames(make_scene(1), 16, 320, 240)[::4]]
+    return fuse_points(frames, stride=4).points
+
+
+@pytest.mark.parametrize("turn_deg", [30.0, -20.0, 5.0, 44.0])
+def test_wall_yaw_turns_a_turned_room_back(turn_deg: float) -> None:
+    """The room's walls leave the map's axes by turn_deg; the estimate turns the scene frame back (modulo 90)."""
+    wall = estimate_wall_yaw(_rendered_room_points(turn_deg))
+    assert wall.strength > 0.9 and wall.vertical_points > 1000
+    assert np.degrees(wall.yaw_rad) == pytest.approx(-turn_deg, abs=0.3)
+    assert np.degrees(wall.walls_rad) == pytest.approx(turn_deg, abs=0.3)
+    frame = SceneFrame.estimate(_rendered_room_points(turn_deg), yaw_rad=wall.yaw_rad)
+    R = frame.T_scene_world[:3, :3]
+    assert np.degrees(np.arctan2(R[1, 0], R[0, 0])) == pytest.approx(-turn_deg, abs=0.3)
+
+
+def test_wall_yaw_keeps_an_aligned_map_exact_and_needs_walls() -> None:
+    for turn_deg in (0.0, 1.0):  # within the 2 degree snap: the world's axes, so world boxes stay exact
+        wall = estimate_wall_yaw(_rendered_room_points(turn_deg))
+        assert wall.yaw_rad == 0.0 and abs(np.degrees(wall.walls_rad) - turn_deg) < 0.3
+    rng = np.random.default_rng(0)
+    ball = rng.normal(size=(20000, 3))
+    ball = 1.5 * ball / np.linalg.norm(ball, axis=1, keepdims=True)  # a sphere: every direction alike
+    round_room = estimate_wall_yaw(ball + (0.0, 0.0, 1.5))
+    assert round_room.yaw_rad == 0.0 and round_room.strength < 0.3
+    assert estimate_wall_yaw(np.zeros((2, 3))).yaw_rad == 0.0  # too few points
+    floor_only = np.column_stack([rng.uniform(-2, 2, 5000), rng.uniform(-2, 2, 5000), np.zeros(5000)])
+    assert estimate_wall_yaw(floor_only).vertical_points < 200  # no vertical surface: the world's axes
+    with pytest.raises(ValueError, match="points_world must be an array of shape"):
+        estimate_wall_yaw(np.zeros((4, 2)))

@@ -14,7 +14,8 @@ not be the floor. `SceneFrame` is the rigid transform that fixes this:
   in the world frame (`boxes_to_world` is exact, not a loose hull). ScanNet's frames are rotated
   so that the walls run along x/y; a robot map is not, and rotating it would make every returned
   world box the larger hull of a yawed box. A caller that knows the room's wall direction can pass
-  `yaw_rad` (a rotation about up only, so boxes stay as tight as a yaw allows). When `up_world`
+  `yaw_rad` (a rotation about up only, so boxes stay as tight as a yaw allows); `estimate_wall_yaw`
+  finds it from the points, and the engine passes it by default (`EngineConfig.scene_yaw`). When `up_world`
   is not +z, the tilt rotation likewise makes world boxes the axis-aligned hull of the rotated
   scene box (see `boxes_to_world`).
 * **Horizontal origin** at the centre of the 2nd..98th percentile x/y range of the points: robust
@@ -46,6 +47,8 @@ from video3dllm_core.geometry import check_rigid, ransac_plane
 __all__ = [
     "SceneFrame",
     "FloorEstimateConfig",
+    "WallYaw",
+    "estimate_wall_yaw",
     "range_warnings",
     "MODEL_MIN_XYZ",
     "MODEL_MAX_XYZ",
@@ -298,6 +301,64 @@ class SceneFrame:
     ) -> list[str]:
         """See `range_warnings` (module level)."""
         return range_warnings(points_scene, min_xyz, max_xyz)
+
+
+@dataclass(frozen=True)
+class WallYaw:
+    """`estimate_wall_yaw`'s answer: the scene yaw that turns the walls onto x/y, and how clear they were."""
+
+    yaw_rad: float
+    """Pass as `SceneFrame.estimate(yaw_rad=...)`; 0 when the walls already run along x/y (within
+    `snap_deg`) or no wall direction stands out."""
+    walls_rad: float
+    """The walls' normal direction about up, modulo 90 degrees, in (-45, 45] degrees (radians)."""
+    strength: float
+    """Agreement of the vertical surfaces' normals on one rectangular grid, 0 (none) .. 1 (all)."""
+    vertical_points: int
+    """Points (5 cm voxels) on vertical surfaces the estimate used."""
+
+
+def estimate_wall_yaw(
+    points_world: np.ndarray,
+    up_world: Sequence[float] | np.ndarray | None = None,
+    voxel_m: float = 0.05,
+    snap_deg: float = 2.0,
+    min_strength: float = 0.3,
+    min_vertical_points: int = 200,
+) -> WallYaw:
+    """The yaw that turns a room's walls onto the scene axes, as ScanNet's axis alignment does.
+
+    A robot's map frame has no relation to the room's walls (SLAM starts wherever the robot stood),
+    while the model was trained on rooms whose walls run along x and y, and proposals are boxes along
+    the scene axes, loose around a turned object. Rooms are mostly rectangular ("Manhattan"): the normals
+    of walls, cabinet fronts and table sides point along two perpendicular directions. So: normals of
+    the points voxel-down-sampled to `voxel_m` (Open3D, 30 neighbours within 3 voxels), those within
+    10 degrees of horizontal kept, and the direction theta of each taken modulo 90 degrees as the angle
+    of the mean of exp(4 i theta), whose length is the strength. A strength below `min_strength` (a
+    round room, a view of one object) or fewer than `min_vertical_points` vertical points keeps the
+    world's axes (yaw 0); so does a wall direction within `snap_deg` of the axes, so an already-aligned
+    map keeps exact world boxes (`SceneFrame.boxes_to_world` of a yawed frame returns hulls).
+    """
+    from video3dllm_core.o3d import o3d
+
+    pts = _as_points(points_world, "points_world").reshape(-1, 3)
+    pts = pts[np.all(np.isfinite(pts), axis=1)] @ _up_alignment(up_world).T
+    keep = WallYaw(0.0, 0.0, 0.0, 0)
+    if len(pts) < 3:
+        return keep
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts)).voxel_down_sample(voxel_m)
+    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=3 * voxel_m, max_nn=30))
+    normals = np.asarray(pcd.normals)
+    vertical = normals[np.abs(normals[:, 2]) <= np.sin(np.radians(10.0))]
+    if len(vertical) < min_vertical_points:
+        return WallYaw(0.0, 0.0, 0.0, len(vertical))
+    theta4 = 4.0 * np.arctan2(vertical[:, 1], vertical[:, 0])
+    mean = np.array([np.cos(theta4).mean(), np.sin(theta4).mean()])
+    strength = float(np.linalg.norm(mean))
+    walls = float(np.arctan2(mean[1], mean[0]) / 4.0)
+    if strength < min_strength or abs(walls) <= np.radians(snap_deg):
+        return WallYaw(0.0, walls, strength, len(vertical))
+    return WallYaw(-walls, walls, strength, len(vertical))
 
 
 def range_warnings(

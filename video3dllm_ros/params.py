@@ -83,6 +83,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("scene_frame", "estimate",
               "'estimate': gravity-aligned scene frame estimated from the points (robots); 'identity': "
               "world_frame already is a ScanNet-like frame.", ("estimate", "identity")),
+    ParamSpec("scene_yaw", "walls",
+              "'walls': the scene frame is turned so the room's walls run along x/y (as ScanNet's axis "
+              "alignment); world boxes are then hulls of the scene boxes. 'world': keep world_frame's axes.",
+              ("walls", "world")),
     ParamSpec("max_new_tokens", 64, "Generation budget of text answers.", minimum=1),
     ParamSpec("model_path", "", "Video-3D LLM checkpoint folder; empty: the embedded default model (small, trained on synthetic rooms)."),
     ParamSpec("device", "", "torch device, e.g. 'cuda:0' or 'cpu'; empty: CUDA when available."),
@@ -126,6 +130,7 @@ class NodeSettings:
     proposal_source: str
     proposal_max_frames: int
     scene_frame: str
+    scene_yaw: str
     max_new_tokens: int
     model_path: str
     device: str
@@ -185,6 +190,7 @@ def engine_config_kwargs(settings: NodeSettings) -> dict[str, Any]:
         "proposal_source": settings.proposal_source,
         "proposal_max_frames": settings.proposal_max_frames,
         "scene_frame": settings.scene_frame,
+        "scene_yaw": settings.scene_yaw,
         "max_new_tokens": settings.max_new_tokens,
         "model_path": opt(settings.model_path),
         "device": opt(settings.device),

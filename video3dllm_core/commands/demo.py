@@ -58,22 +58,43 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="checkpoint directory (default: the embedded default model)")
     p.add_argument("--width", type=int, default=640, help="image width (default 640)")
     p.add_argument("--height", type=int, default=480, help="image height (default 480)")
+    p.add_argument("--turn", type=float, default=0.0, metavar="DEG",
+                   help="turn the room by DEG degrees about up in the map frame (walls oblique to the map's axes, "
+                        "as in a robot's map; default 0)")
+    from video3dllm_core.commands.replay import add_scene_yaw_argument
+
+    add_scene_yaw_argument(p)
 
 
 def _name(obj: Any) -> str:
     return f"{obj.colour} {obj.label}"
 
 
-def _truth_box(box: Any, label: str, shift: np.ndarray) -> dict[str, Any]:
-    values = [float(v) for v in box]
-    return {"label": label, "center_xyz": [v + float(d) for v, d in zip(values[:3], shift)], "size_xyz": values[3:6]}
+def _truth_box(box: Any, label: str, T_map_world: np.ndarray) -> dict[str, Any]:
+    """An objects.json box in the map frame: moved by T_map_world, and when that turns the room, the
+    axis-aligned box around the turned box (what axis-aligned answers can match)."""
+    values = np.asarray([float(v) for v in box], dtype=np.float64)
+    corners = values[:3] + values[3:6] * np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    moved = corners @ T_map_world[:3, :3].T + T_map_world[:3, 3]
+    lo, hi = moved.min(axis=0), moved.max(axis=0)
+    return {"label": label, "center_xyz": [float(v) for v in (lo + hi) / 2], "size_xyz": [float(v) for v in hi - lo]}
+
+
+def demo_map_pose(turn_deg: float = 0.0) -> np.ndarray:
+    """T_map_world of the demo room: at T_MAP_WORLD_XYZ, turned by turn_deg about up around the room's centre
+    (a robot's map frame has no relation to the room's walls)."""
+    a = np.radians(turn_deg)
+    T = np.eye(4)
+    T[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    T[:3, 3] = T_MAP_WORLD_XYZ
+    return T
 
 
 def _question(human: str, suffix: str) -> str:
     return human.removeprefix("<image>").strip().removesuffix(suffix).strip()
 
 
-def demo_queries(spec: Any, shift: np.ndarray, mid_s: float, seed: int) -> tuple[list[Any], dict[int, dict[str, Any]]]:
+def demo_queries(spec: Any, T_map_world: np.ndarray, mid_s: float, seed: int) -> tuple[list[Any], dict[int, dict[str, Any]]]:
     """Questions of every task drawn from the synthetic benchmark's templates for this room
     (``scene_annotations``: the phrasings the embedded model was trained on, exact answers computed from
     the scene), and the truth of each (by index).
@@ -99,7 +120,7 @@ def demo_queries(spec: Any, shift: np.ndarray, mid_s: float, seed: int) -> tuple
         ids, boxes = ann["metadata"]["object_id"], ann["box"]
         if not isinstance(ids, list):
             ids, boxes = [ids], [boxes]
-        return [_truth_box(box, _name(by_id[i]), shift) for i, box in zip(ids, boxes)]
+        return [_truth_box(box, _name(by_id[i]), T_map_world) for i, box in zip(ids, boxes)]
 
     ref_attr, ref_rel = first(Task.SCANREFER, "attribute"), first(Task.SCANREFER, "relation")
     multi = first(Task.MULTI3DREFER, "attribute")
@@ -109,7 +130,7 @@ def demo_queries(spec: Any, shift: np.ndarray, mid_s: float, seed: int) -> tuple
     qa_suffix, sqa_suffix = "Answer the question simply.", "Answer the question using a single word or phrase."
     situation_and_question = _question(sqa["conversations"][0]["value"], sqa_suffix)
     situation, _, question = situation_and_question.partition(". ")
-    target = _truth_box(cap["gt_box"], _name(by_id[cap["metadata"]["object_id"]]), shift)
+    target = _truth_box(cap["gt_box"], _name(by_id[cap["metadata"]["object_id"]]), T_map_world)
     specs = [
         QuerySpec(0, grounding_description(ref_attr["conversations"][0]["value"]), "ground", at_s=mid_s),
         QuerySpec(1, grounding_description(ref_attr["conversations"][0]["value"]), "ground"),
@@ -185,28 +206,27 @@ def _print_row(row: dict[str, Any]) -> None:
         print(f"   -> {'CORRECT' if row['correct'] else 'WRONG'}")
 
 
-def render_demo_room(seed: int, frames: int, width: int, height: int) -> tuple[Any, list[Any]]:
-    """The benchmark room of `seed` and its rendered frames, placed in the `map` frame at T_MAP_WORLD_XYZ."""
+def render_demo_room(seed: int, frames: int, width: int, height: int, turn_deg: float = 0.0) -> tuple[Any, list[Any]]:
+    """The benchmark room of `seed` and its rendered frames, placed in the `map` frame by `demo_map_pose(turn_deg)`."""
     from video3dllm_core.synthetic import render_frames
     from video3dllm_training.synthetic_benchmark import make_benchmark_scene
 
     if frames < 2:
         raise ValueError(f"--frames must be at least 2, got {frames}")
     spec = make_benchmark_scene(seed)
-    T_map_world = np.eye(4)
-    T_map_world[:3, 3] = T_MAP_WORLD_XYZ
+    T_map_world = demo_map_pose(turn_deg)
     return spec, [dataclasses.replace(f, T_world_cam=T_map_world @ f.T_world_cam)
                   for f in render_frames(spec, frames, width, height)]
 
 
-def ask_demo_room(spec: Any, frames: list[Any], engine: Any, seed: int) -> tuple[Any, list[dict[str, Any]]]:
-    """Stream the frames through the (fresh) engine, ask `demo_queries`, and check every answer:
-    (replay result, answers.jsonl rows with the truth and `correct`, see `add_truth`)."""
+def ask_demo_room(spec: Any, frames: list[Any], engine: Any, seed: int,
+                  turn_deg: float = 0.0) -> tuple[Any, list[dict[str, Any]]]:
+    """Stream the frames (rendered with the same `turn_deg`) through the (fresh) engine, ask `demo_queries`, and
+    check every answer: (replay result, answers.jsonl rows with the truth and `correct`, see `add_truth`)."""
     from video3dllm_core.replay import replay
 
     duration_s = (frames[-1].stamp_ns - frames[0].stamp_ns) / 1e9
-    queries, truth = demo_queries(spec, np.asarray(T_MAP_WORLD_XYZ, dtype=np.float64), mid_s=round(duration_s / 2, 3),
-                                  seed=seed)
+    queries, truth = demo_queries(spec, demo_map_pose(turn_deg), mid_s=round(duration_s / 2, 3), seed=seed)
     result = replay(frames, engine, queries, rate="max")
     return result, [add_truth(r.to_dict(), truth[r.spec.index]) for r in result.records]
 
@@ -220,13 +240,14 @@ def run(args: argparse.Namespace) -> int:
         print(note)
         print()
     t_start = time.perf_counter()
-    spec, frames = render_demo_room(args.seed, args.frames, args.width, args.height)
+    spec, frames = render_demo_room(args.seed, args.frames, args.width, args.height, args.turn)
     t_render = time.perf_counter() - t_start
     objects = [o for o in spec.objects if o.placement == "floor"]
     lx, ly, lz = spec.room_size
     x_m, y_m = T_MAP_WORLD_XYZ[:2]
     print(
-        f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room at map ({x_m:.0f}, {y_m:.0f}) with "
+        f"scene seed {args.seed}: {lx:.1f} x {ly:.1f} x {lz:.1f} m room at map ({x_m:.0f}, {y_m:.0f})"
+        + (f" turned {args.turn:g} deg" if args.turn else "") + " with "
         + ", ".join(_name(o) for o in objects)
     )
     print(f"rendered {len(frames)} frames {args.width}x{args.height} in {t_render:.2f} s")
@@ -235,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     engine = load_engine(args, args.model)
     t_load = time.perf_counter() - t0
     print(f"loaded the {'embedded default' if args.model is None else args.model} model in {t_load:.2f} s")
-    result, rows = ask_demo_room(spec, frames, engine, args.seed)
+    result, rows = ask_demo_room(spec, frames, engine, args.seed, args.turn)
     summary = build_summary(result, engine, f"synthetic scene seed {args.seed} ({len(frames)} frames)", {}, "map")
     print()
     for row in rows:

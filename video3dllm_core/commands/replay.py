@@ -49,8 +49,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", choices=sorted(PRESETS), default=None, help="keyframe strategy (default mc-ratio95)")
     p.add_argument("--max-frames", type=int, default=None, help="keyframe budget per query (default 32)")
     p.add_argument("--voxel-size", type=float, default=None, help="coverage voxel size in metres (default 0.1)")
+    add_scene_yaw_argument(p)
     p.add_argument("--markers-bag", default=None, metavar="OUT", help="also write the answers as a MarkerArray rosbag2 (MCAP)")
     add_source_arguments(p, world_frame_help="TF frame of the poses and outputs (default map)")
+
+
+def add_scene_yaw_argument(p: argparse.ArgumentParser) -> None:
+    """--scene-yaw: EngineConfig.scene_yaw (shared by replay and demo)."""
+    p.add_argument("--scene-yaw", choices=("walls", "world"), default=None,
+                   help="scene frame turned so the room's walls run along x/y ('walls', the default) or kept on "
+                        "the world's axes ('world')")
 
 
 def engine_config(args: argparse.Namespace, model: str | None) -> Any:
@@ -68,6 +76,8 @@ def engine_config(args: argparse.Namespace, model: str | None) -> Any:
         if not args.voxel_size > 0:
             raise ValueError(f"--voxel-size must be a positive number of metres, got {args.voxel_size}")
         overrides["voxel_size_m"] = args.voxel_size
+    if getattr(args, "scene_yaw", None) is not None:
+        overrides["scene_yaw"] = args.scene_yaw
     return EngineConfig(**overrides)
 
 

@@ -8,10 +8,11 @@ from typing import Any
 from video3dllm_core.keyframes import PRESETS
 from video3dllm_core.proposals import ProposalConfig
 
-__all__ = ["EngineConfig", "EngineStats", "PROPOSAL_SOURCES", "SCENE_FRAME_MODES", "parse_dtype"]
+__all__ = ["EngineConfig", "EngineStats", "PROPOSAL_SOURCES", "SCENE_FRAME_MODES", "SCENE_YAW_MODES", "parse_dtype"]
 
 PROPOSAL_SOURCES = ("geometric", "external")
 SCENE_FRAME_MODES = ("estimate", "identity")
+SCENE_YAW_MODES = ("walls", "world")
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -43,6 +44,13 @@ class EngineConfig:
             (small, trained on synthetic rooms only; see video3dllm_core.default_model).
         scene_frame: "estimate" (SceneFrame.estimate on the fused keyframe points) or "identity"
             (the world frame already is a ScanNet-like frame, e.g. ScanNet data).
+        scene_yaw: with ``scene_frame="estimate"``: "walls" turns the scene frame about up so the room's
+            walls run along x/y, as ScanNet's axis alignment does (`scene.estimate_wall_yaw`; the world's
+            axes when no wall direction stands out or it is within 2 degrees of them); "world" keeps the
+            world's horizontal axes. A turned scene frame makes world boxes the axis-aligned hull of the
+            scene boxes.
+        scene_yaw_tolerance_deg: a re-estimated wall direction within this of the previous scene
+            frame's keeps the previous yaw.
         scene_frame_tolerance_m: a re-estimated scene frame whose origin moved by at most this
             (3D distance) is not adopted; the previous one stays, so cached per-frame position
             embeddings remain valid. It is adopted anyway when it keeps more points in range.
@@ -73,6 +81,8 @@ class EngineConfig:
     attn_implementation: str | None = None
     model_path: str | None = None
     scene_frame: str = "estimate"
+    scene_yaw: str = "walls"
+    scene_yaw_tolerance_deg: float = 2.0
     scene_frame_tolerance_m: float = 0.25
     enable_cache: bool = True
     vision_cache_frames: int = 64
@@ -100,6 +110,10 @@ class EngineConfig:
             parse_dtype(self.dtype)
         if self.scene_frame not in SCENE_FRAME_MODES:
             raise ValueError(f"EngineConfig.scene_frame must be one of {SCENE_FRAME_MODES}, got {self.scene_frame!r}")
+        if self.scene_yaw not in SCENE_YAW_MODES:
+            raise ValueError(f"EngineConfig.scene_yaw must be one of {SCENE_YAW_MODES}, got {self.scene_yaw!r}")
+        if not (isinstance(self.scene_yaw_tolerance_deg, (int, float)) and 0 <= self.scene_yaw_tolerance_deg < 45):
+            raise ValueError(f"EngineConfig.scene_yaw_tolerance_deg must be in [0, 45) degrees, got {self.scene_yaw_tolerance_deg!r}")
         if not (isinstance(self.scene_frame_tolerance_m, (int, float)) and self.scene_frame_tolerance_m >= 0):
             raise ValueError(f"EngineConfig.scene_frame_tolerance_m must be >= 0, got {self.scene_frame_tolerance_m!r}")
         _positive_int("vision_cache_frames", self.vision_cache_frames, 0)

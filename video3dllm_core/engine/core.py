@@ -39,7 +39,7 @@ from video3dllm_core.model import ObjectFeatures, Video3DLLM, VisualFeatures, Vi
 from video3dllm_core.model.grounding import select_multi3drefer, select_scanrefer
 from video3dllm_core.model.prompts import build_input_ids, human_turn
 from video3dllm_core.proposals import FusedPoints, Proposals, external_boxes, fuse_points, propose_boxes
-from video3dllm_core.scene import SceneFrame, range_warnings
+from video3dllm_core.scene import SceneFrame, estimate_wall_yaw, range_warnings
 
 __all__ = ["SceneEngine"]
 
@@ -501,7 +501,7 @@ class SceneEngine:
                 "(check the depth images)"
             )
         else:
-            estimate = SceneFrame.estimate(fused.points)
+            estimate = SceneFrame.estimate(fused.points, yaw_rad=self._scene_yaw(fused))
         previous = self._scene
         if previous is not None:
             moved = float(np.linalg.norm(estimate.T_scene_world[:3, 3] - previous.T_scene_world[:3, 3]))
@@ -516,6 +516,22 @@ class SceneEngine:
         self._scene = estimate
         self._scene_serial += 1
         return estimate
+
+    def _scene_yaw(self, fused: FusedPoints) -> float:
+        """The scene frame's yaw: 0 for ``scene_yaw="world"``; for "walls" the yaw that turns the keyframes'
+        walls onto x/y (`estimate_wall_yaw`), the previous scene frame's when it is within
+        ``scene_yaw_tolerance_deg`` of it (so a stable room keeps its frame and the caches)."""
+        if self.config.scene_yaw == "world":
+            return 0.0
+        yaw = estimate_wall_yaw(fused.points).yaw_rad
+        previous = self._scene
+        if previous is not None:
+            R = previous.T_scene_world[:3, :3]
+            previous_yaw = float(np.arctan2(R[1, 0], R[0, 0]))
+            turn = (yaw - previous_yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4  # the same walls, modulo 90 degrees
+            if abs(turn) <= np.radians(self.config.scene_yaw_tolerance_deg):
+                return previous_yaw
+        return yaw
 
     def _candidates(self, state: _SetState, boxes: _Boxes | None, timings: dict[str, float]) -> _Candidates:
         """Candidate boxes of the keyframe set: geometric proposals (cached) or the external boxes."""
