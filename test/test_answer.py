@@ -28,7 +28,8 @@ def _full_answer() -> Answer:
         error=None,
         cache_hit=True,
         candidates=(GroundedObject((21.0, -11.0, 0.45), (0.5, 0.5, 0.9), 0.8125, "chair", 2),
-                    GroundedObject((19.0, -13.0, 0.2), (0.4, 0.4, 0.4), 0.1, "", 0)),
+                    GroundedObject((19.0, -13.0, 0.2), (0.4, 0.4, 0.4), 0.1, "", 0),
+                    GroundedObject((18.0, -12.0, 0.3), (0.53, 0.5, 0.6), 0.25, "", 1, (0.4, 0.3, 0.6), 0.5236)),
         no_object_score=-0.5,
         proposal_stamps_ns=(1_700_000_000_123_456_789, 1_700_000_000_500_000_000, 1_700_000_001_000_000_000),
     )

@@ -331,6 +331,14 @@ def test_a_room_turned_in_the_map_gets_a_scene_frame_along_its_walls(default_mod
         turn = np.degrees(np.arctan2(R[1, 0], R[0, 0]))
         assert turn == pytest.approx(-30.0 if mode == "walls" else 0.0, abs=0.5)
         fit[mode] = float(np.mean(_iou(_boxes(answer.candidates), truth_boxes).max(axis=1)))
+        for cand in answer.candidates:  # the tight box along the scene axes, and size_xyz its hull in the map
+            if mode == "world":
+                assert cand.box_size_xyz is None and cand.yaw_rad == 0.0
+                continue
+            assert cand.box_size_xyz is not None and np.degrees(cand.yaw_rad) == pytest.approx(30.0, abs=0.5)
+            (a, b, h), c, s_ = cand.box_size_xyz, np.cos(cand.yaw_rad), np.sin(cand.yaw_rad)
+            np.testing.assert_allclose(cand.size_xyz, [abs(c) * a + abs(s_) * b, abs(s_) * a + abs(c) * b, h], atol=1e-9)
+            assert a * b < cand.size_xyz[0] * cand.size_xyz[1]
         if mode == "walls":
             engine.add_frame(turned[1])
             engine.add_frame(turned[3])

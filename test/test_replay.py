@@ -228,12 +228,18 @@ def test_replay_command_on_a_bag_writes_answers_summary_report_and_markers(
             assert box.ns == "video3dllm/box" and box.type == box.LINE_LIST
             pts = [(p.x, p.y, p.z) for p in box.points]
             assert len(pts) == 24
-            # independently: the corner pairs of the box that differ along exactly one axis
-            c, s = np.asarray(obj["center_xyz"]), np.asarray(obj["size_xyz"])
-            corners = [tuple(c + np.array(sign) * s / 2) for sign in itertools.product((-1, 1), repeat=3)]
-            expected = {frozenset((a, b)) for a, b in itertools.combinations(corners, 2)
+            # independently: the corner pairs of the box that differ in exactly one sign; the bag's map is turned
+            # 35 degrees from the room, so the box is the tight one along the room's walls, turned by yaw_rad
+            assert obj["box_size_xyz"] is not None and abs(np.degrees(obj["yaw_rad"]) % 90.0 - 35.0) < 1.0
+            c, s = np.asarray(obj["center_xyz"]), np.asarray(obj["box_size_xyz"])
+            cos, sin = np.cos(obj["yaw_rad"]), np.sin(obj["yaw_rad"])
+            R = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+            signs = list(itertools.product((-1, 1), repeat=3))
+            corner = {sign: tuple(np.round(c + R @ (np.array(sign) * s / 2), 9)) for sign in signs}
+            expected = {frozenset((corner[a], corner[b])) for a, b in itertools.combinations(signs, 2)
                         if np.count_nonzero(np.subtract(a, b)) == 1}
-            assert {frozenset(pair) for pair in zip(pts[0::2], pts[1::2])} == expected
+            drawn = {frozenset((tuple(np.round(a, 9)), tuple(np.round(b, 9)))) for a, b in zip(pts[0::2], pts[1::2])}
+            assert drawn == expected
     assert f"wrote {len(rows)} MarkerArray message(s)" in stdout
 
 

@@ -267,6 +267,43 @@ def test_answer_markers(lib: str) -> None:
     assert second_label == "object 2 (0.15)"
 
 
+def _turned_answer() -> Answer:
+    """One object in a scene frame turned by 30 degrees: its tight box (0.4 x 0.6 x 1.0 m) and its map hull."""
+    yaw, (a, b, h) = np.radians(30.0), (0.4, 0.6, 1.0)
+    c, s = np.cos(yaw), np.sin(yaw)
+    hull = (c * a + s * b, s * a + c * b, h)
+    obj = GroundedObject(center_xyz=(1.0, 2.0, 0.5), size_xyz=hull, score=0.7, label="chair", proposal_index=0,
+                         box_size_xyz=(a, b, h), yaw_rad=yaw)
+    return Answer(question="where is the chair?", task="ground", text="1 object", objects=(obj,))
+
+
+def test_turned_boxes_are_drawn_and_sent_tight() -> None:
+    """Markers, detections and the Query response carry the tight box turned by yaw_rad, not the map hull; read
+    back as external boxes, a detection becomes that hull again."""
+    answer = _turned_answer()
+    obj = answer.objects[0]
+    q = (0.0, 0.0, np.sin(obj.yaw_rad / 2), np.cos(obj.yaw_rad / 2))
+    markers = cdr_roundtrip(STORE, convert.answer_to_marker_array(TS, answer, "map", STAMP)).markers
+    box, fill = (next(m for m in markers if m.ns == f"video3dllm/{kind}") for kind in ("box", "fill"))
+    R = Rotation.from_euler("z", obj.yaw_rad).as_matrix()
+    corners = {tuple(np.round(np.asarray(obj.center_xyz) + R @ (np.asarray(obj.box_size_xyz) / 2 * np.array([sx, sy, sz])), 9))
+               for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)}
+    assert {tuple(np.round([p.x, p.y, p.z], 9)) for p in box.points} == corners
+    o = fill.pose.orientation
+    assert np.allclose([o.x, o.y, o.z, o.w], q) and np.allclose([fill.scale.x, fill.scale.y, fill.scale.z], obj.box_size_xyz)
+    detections = cdr_roundtrip(STORE, convert.answer_to_detection_array(TS, answer, "map", STAMP))
+    bbox = detections.detections[0].bbox
+    o = bbox.center.orientation
+    assert np.allclose([o.x, o.y, o.z, o.w], q) and np.allclose([bbox.size.x, bbox.size.y, bbox.size.z], obj.box_size_xyz)
+    back = convert.detections_to_boxes(detections)
+    assert np.allclose(back.centers[0], obj.center_xyz) and np.allclose(back.sizes[0], obj.size_xyz)
+    fields = convert.answer_to_query_fields(TS, answer, "map", STAMP, 0.0)
+    response = cdr_roundtrip(STORE, TS.new("video3dllm/msg/Query_Response", **fields))
+    o = response.objects[0].bbox.center.orientation
+    assert np.allclose([o.x, o.y, o.z, o.w], q)
+    assert np.allclose([response.objects[0].bbox.size.x, response.objects[0].bbox.size.y], obj.box_size_xyz[:2])
+
+
 def test_marker_constants_match_rclpy() -> None:
     from sensor_msgs.msg import PointField
     from visualization_msgs.msg import Marker

@@ -19,22 +19,38 @@ ENGINE_TASKS = ("auto", "qa", "situated_qa", "ground", "ground_multi", "caption"
 
 @dataclass(frozen=True)
 class GroundedObject:
-    """An axis-aligned box in the world frame chosen by the grounding head (or captioned)."""
+    """A box in the world frame chosen by the grounding head (or captioned).
+
+    `center_xyz` / `size_xyz` is the axis-aligned box in the world frame. When the engine's scene frame is
+    turned about up (`EngineConfig.scene_yaw`: along a room's walls) the candidate is a tighter box along
+    the scene axes: `box_size_xyz` are its extents along its own axes, turned by `yaw_rad` about world up
+    around the same centre, and `size_xyz` is the axis-aligned hull of it. `box_size_xyz` is None when the
+    box is axis-aligned in the world (yaw 0, external boxes).
+    """
 
     center_xyz: tuple[float, float, float]
     size_xyz: tuple[float, float, float]
     score: float
     label: str = ""
     proposal_index: int = -1  # index into the candidate boxes of the query, -1 if none
+    box_size_xyz: tuple[float, float, float] | None = None
+    yaw_rad: float = 0.0
+
+    @property
+    def oriented_size_xyz(self) -> tuple[float, float, float]:
+        """Extents along the box's own axes (turned by `yaw_rad`): `box_size_xyz`, else `size_xyz`."""
+        return self.box_size_xyz if self.box_size_xyz is not None else self.size_xyz
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "object") -> GroundedObject:
         """Inverse of the per-object dicts in `Answer.to_dict`; extra keys (e.g. a report's "iou") are ignored."""
         if not isinstance(data, dict):
             raise ValueError(f"{where} must be a dict with center_xyz, size_xyz and score, got {type(data).__name__}")
-        vectors = {}
-        for key in ("center_xyz", "size_xyz"):
-            if key not in data:
+        vectors: dict[str, tuple[float, float, float]] = {}
+        for key in ("center_xyz", "size_xyz", "box_size_xyz"):
+            if key not in data or (key == "box_size_xyz" and data[key] is None):
+                if key == "box_size_xyz":
+                    continue
                 raise ValueError(f"{where} lacks '{key}' (3 numbers, world frame, metres)")
             vec = np.asarray(data[key], dtype=np.float64)
             if vec.shape != (3,):
@@ -43,7 +59,7 @@ class GroundedObject:
         if "score" not in data:
             raise ValueError(f"{where} lacks 'score' (a number)")
         return cls(vectors["center_xyz"], vectors["size_xyz"], float(data["score"]), str(data.get("label", "")),
-                   int(data.get("proposal_index", -1)))
+                   int(data.get("proposal_index", -1)), vectors.get("box_size_xyz"), float(data.get("yaw_rad", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,8 @@ class Answer:
         out["keyframe_poses"] = [np.asarray(T, dtype=float).tolist() for T in self.keyframe_poses]
         for key in ("objects", "candidates"):
             out[key] = [
-                {**asdict(o), "center_xyz": list(map(float, o.center_xyz)), "size_xyz": list(map(float, o.size_xyz))}
+                {**asdict(o), "center_xyz": list(map(float, o.center_xyz)), "size_xyz": list(map(float, o.size_xyz)),
+                 "box_size_xyz": None if o.box_size_xyz is None else list(map(float, o.box_size_xyz))}
                 for o in getattr(self, key)
             ]
         out["ok"] = self.ok

@@ -9,7 +9,9 @@ supports: rgb8/bgr8/rgba8/bgra8/mono8, 16UC1/mono16/32FC1 depth, JPEG/PNG Compre
 compressedDepth PNG); this module only adds headers and the message types around it.
 
 Conventions (see DESIGN.md): stamps are integer nanoseconds, `T_world_cam` is a 4x4
-camera-to-world transform, boxes are axis-aligned (center_xyz, size_xyz) in the world frame.
+camera-to-world transform, boxes are (center_xyz, size_xyz) in the world frame: axis-aligned, except the
+answer's outputs (markers, detections, the Query response), which draw each grounded object's tight box,
+turned by its `yaw_rad` about up when the engine's scene frame runs along a turned room's walls.
 """
 
 from __future__ import annotations
@@ -219,6 +221,22 @@ def _identity_pose(factory: MessageFactory, xyz: ArrayLike) -> Any:
     return factory.new("geometry_msgs/msg/Pose", position=_point(factory, xyz), orientation=_quaternion(factory, (0, 0, 0, 1)))
 
 
+def _box_pose(factory: MessageFactory, obj: GroundedObject) -> Any:
+    """Pose of a grounded object's tight box: its centre, turned by `yaw_rad` about up (identity when 0)."""
+    half = obj.yaw_rad / 2.0
+    return factory.new("geometry_msgs/msg/Pose", position=_point(factory, obj.center_xyz),
+                       orientation=_quaternion(factory, (0.0, 0.0, np.sin(half), np.cos(half))))
+
+
+def _box_edges(obj: GroundedObject) -> np.ndarray:
+    """[24, 3] LINE_LIST endpoints of the object's tight box (`box_edge_points` turned by `yaw_rad`)."""
+    center = np.asarray(obj.center_xyz, dtype=np.float64)
+    local = box_edge_points(np.zeros(3), obj.oriented_size_xyz)
+    c, s = np.cos(obj.yaw_rad), np.sin(obj.yaw_rad)
+    R = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return local @ R.T + center
+
+
 def matrix_to_pose(factory: MessageFactory, T: np.ndarray) -> Any:
     """4x4 rigid transform -> geometry_msgs/Pose (quaternion with w >= 0)."""
     t, q = translation_quaternion_from_transform(T)
@@ -280,7 +298,7 @@ def answer_to_marker_array(
     """Answer -> visualization_msgs/MarkerArray for RViz.
 
     First a DELETEALL marker (clears the previous answer's boxes), then per object i (best
-    first): the 12 box edges as a LINE_LIST (ns "<ns>/box", id i), a translucent CUBE
+    first): the 12 edges of its tight box (turned by `yaw_rad`) as a LINE_LIST (ns "<ns>/box", id i), a translucent CUBE
     ("<ns>/fill", id i) and a TEXT_VIEW_FACING label above the box ("<ns>/label", id i): the
     object's label (or "object i+1") and score; the best object's label also carries the answer
     text. lifetime_s = 0 keeps markers until the next answer.
@@ -302,11 +320,12 @@ def answer_to_marker_array(
         markers.append(marker(
             ns=f"{ns}/box", id=i, type=MARKER_LINE_LIST, action=MARKER_ADD, pose=_identity_pose(factory, (0, 0, 0)),
             scale=_vector3(factory, (line_width_m, 0, 0)), color=_colour(factory, i, 1.0),
-            points=[_point(factory, p) for p in box_edge_points(center, size)],
+            points=[_point(factory, p) for p in _box_edges(obj)],
         ))
         markers.append(marker(
-            ns=f"{ns}/fill", id=i, type=MARKER_CUBE, action=MARKER_ADD, pose=_identity_pose(factory, center),
-            scale=_vector3(factory, np.maximum(size, 1e-3)), color=_colour(factory, i, fill_alpha),
+            ns=f"{ns}/fill", id=i, type=MARKER_CUBE, action=MARKER_ADD, pose=_box_pose(factory, obj),
+            scale=_vector3(factory, np.maximum(np.asarray(obj.oriented_size_xyz, dtype=np.float64), 1e-3)),
+            color=_colour(factory, i, fill_alpha),
         ))
         top = center + np.array([0.0, 0.0, size[2] / 2.0 + text_height_m])
         markers.append(marker(
@@ -319,13 +338,14 @@ def answer_to_marker_array(
 def answer_to_detection_array(factory: MessageFactory, answer: Answer, frame_id: str, stamp_ns: int) -> Any:
     """Answer -> vision_msgs/Detection3DArray (vision_msgs 4.x): one detection per grounded object.
 
-    Each detection has one hypothesis (class_id = label or "object", score), the box centre as
-    the hypothesis pose, an axis-aligned BoundingBox3D, and id = the proposal index.
+    Each detection has one hypothesis (class_id = label or "object", score), the box pose as the
+    hypothesis pose, the object's tight BoundingBox3D (turned by its `yaw_rad` about up when the engine's
+    scene frame is turned; axis-aligned otherwise), and id = the proposal index.
     """
     header = header_msg(factory, stamp_ns, frame_id)
     detections = []
     for obj in answer.objects:
-        center_pose = _identity_pose(factory, obj.center_xyz)
+        center_pose = _box_pose(factory, obj)
         hypothesis = factory.new(
             "vision_msgs/msg/ObjectHypothesisWithPose",
             hypothesis=factory.new("vision_msgs/msg/ObjectHypothesis", class_id=obj.label or "object", score=float(obj.score)),
@@ -335,7 +355,8 @@ def answer_to_detection_array(factory: MessageFactory, answer: Answer, frame_id:
             "vision_msgs/msg/Detection3D",
             header=header,
             results=[hypothesis],
-            bbox=factory.new("vision_msgs/msg/BoundingBox3D", center=center_pose, size=_vector3(factory, obj.size_xyz)),
+            bbox=factory.new("vision_msgs/msg/BoundingBox3D", center=center_pose,
+                             size=_vector3(factory, obj.oriented_size_xyz)),
             id=str(obj.proposal_index) if obj.proposal_index >= 0 else "",
         ))
     return factory.new("vision_msgs/msg/Detection3DArray", header=header, detections=detections)
@@ -345,8 +366,8 @@ def grounded_object_msg(factory: MessageFactory, obj: GroundedObject) -> Any:
     """GroundedObject (core) -> video3dllm/msg/GroundedObject."""
     return factory.new(
         "video3dllm/msg/GroundedObject",
-        bbox=factory.new("vision_msgs/msg/BoundingBox3D", center=_identity_pose(factory, obj.center_xyz),
-                         size=_vector3(factory, obj.size_xyz)),
+        bbox=factory.new("vision_msgs/msg/BoundingBox3D", center=_box_pose(factory, obj),
+                         size=_vector3(factory, obj.oriented_size_xyz)),
         label=str(obj.label),
         score=float(obj.score),
     )

@@ -105,6 +105,8 @@ class _Candidates:
     labels: tuple[str, ...]
     cache_key: tuple[Any, ...]
     stamps_ns: tuple[int, ...] = ()  # geometric: the frames the proposals were fused from
+    yaw_rad: float = 0.0  # geometric in a turned scene frame: the scene axes' turn about world up ...
+    box_sizes: np.ndarray | None = None  # ... and the boxes' extents along them (None: axis-aligned in the world)
 
     def __len__(self) -> int:
         return int(self.centers_scene.shape[0])
@@ -561,8 +563,12 @@ class SceneEngine:
                     "proposal_source='external')"
                 )
             c_world, s_world = scene.boxes_to_world(props.centers, props.sizes)
+            R = scene.T_world_scene[:3, :3]
+            turned = not scene.is_pure_translation and bool(np.allclose(R[2], [0.0, 0.0, 1.0], atol=1e-9))
             out = _Candidates(props.centers, props.sizes, c_world, s_world, tuple("" for _ in range(len(props))),
-                              ("geometric", frame_ids), tuple(sorted(f.stamp_ns for f in frames)))
+                              ("geometric", frame_ids), tuple(sorted(f.stamp_ns for f in frames)),
+                              float(np.arctan2(R[1, 0], R[0, 0])) if turned else 0.0,
+                              props.sizes if turned else None)
         timings["proposals_s"] = time.perf_counter() - t
         return out
 
@@ -684,6 +690,9 @@ def _box_for_point(centers: np.ndarray, sizes: np.ndarray, point: np.ndarray) ->
 
 def _grounded(cands: _Candidates, index: int, score: float) -> GroundedObject:
     c, s = cands.centers_world[index], cands.sizes_world[index]
+    box = None if cands.box_sizes is None else cands.box_sizes[index]
     return GroundedObject(center_xyz=(float(c[0]), float(c[1]), float(c[2])),
                           size_xyz=(float(s[0]), float(s[1]), float(s[2])), score=float(score),
-                          label=cands.labels[index], proposal_index=int(index))
+                          label=cands.labels[index], proposal_index=int(index),
+                          box_size_xyz=None if box is None else (float(box[0]), float(box[1]), float(box[2])),
+                          yaw_rad=cands.yaw_rad)
