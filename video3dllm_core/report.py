@@ -148,8 +148,11 @@ def plot_birdseye(
     rows: Sequence[dict[str, Any]],
     title: str = "",
 ) -> Path:
-    """Top view: scene points by height, keyframe poses, grounded / ground-truth boxes, caption targets."""
-    from matplotlib.patches import Rectangle
+    """Top view: scene points by height, keyframe poses, grounded / ground-truth boxes, caption targets.
+
+    A grounded object with a tight box (`box_size_xyz`, `yaw_rad`: the engine's scene frame turned onto a
+    room's walls) is drawn turned; truth boxes and axis-aligned answers as rectangles."""
+    from matplotlib.patches import Polygon, Rectangle
 
     pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
     if len(pts) > MAX_PLOT_POINTS:
@@ -185,19 +188,23 @@ def plot_birdseye(
             ax.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=1.0, ls="--", ec="black"))
             ax.text(cx, cy - sy / 2, gt.get("label", ""), fontsize=7, ha="center", va="top", color="black")
         for obj in row.get("objects") or []:
-            key = tuple(round(float(v), 4) for v in list(obj["center_xyz"]) + list(obj["size_xyz"]))
+            size = obj.get("box_size_xyz") or obj["size_xyz"]
+            key = tuple(round(float(v), 4) for v in [*obj["center_xyz"], *size, float(obj.get("yaw_rad") or 0.0)])
             box_queries.setdefault(key, []).append((index, correctness_mark(obj)))
         target = row.get("target")
         if target is not None:
             ax.plot([target[0]], [target[1]], "x", color=colour, ms=9, mew=2)
             ax.text(target[0], target[1], f" Q{index} target", fontsize=7, color=colour)
     for key, marks in box_queries.items():
-        cx, cy, _, sx, sy, _ = key
+        cx, cy, _, sx, sy, _, yaw = key
         colour = query_colour(marks[0][0])
-        ax.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, lw=1.8, ec=colour))
-        ax.text(cx - sx / 2, cy + sy / 2, ",".join(f"Q{i}{mark}" for i, mark in marks), fontsize=8, ha="left",
+        c, s_ = np.cos(yaw), np.sin(yaw)
+        corners = np.array([cx, cy]) + np.array([[-sx, -sy], [sx, -sy], [sx, sy], [-sx, sy]]) / 2 @ np.array([[c, s_], [-s_, c]])
+        ax.add_patch(Polygon(corners, closed=True, fill=False, lw=1.8, ec=colour))
+        left, top = corners[:, 0].min(), corners[:, 1].max()
+        ax.text(left, top, ",".join(f"Q{i}{mark}" for i, mark in marks), fontsize=8, ha="left",
                 va="bottom", color=colour, fontweight="bold")
-        extent.append(np.array([[cx - sx / 2, cy - sy / 2], [cx + sx / 2, cy + sy / 2]]))
+        extent.append(corners)
     if extent:
         all_xy = np.concatenate(extent)
         lo, hi = all_xy.min(axis=0) - 0.3, all_xy.max(axis=0) + 0.3
