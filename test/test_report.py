@@ -14,7 +14,9 @@ from rosbags.highlevel import AnyReader
 from video3dllm_core.answer import Answer, GroundedObject, Timings
 from video3dllm_core.report import (
     latency_stats,
+    plot_birdseye,
     read_jsonl,
+    top_view_corners,
     write_jsonl,
     write_markers_bag,
     write_report,
@@ -113,6 +115,23 @@ def test_report_files_and_html_links(tmp_path: Path) -> None:
     assert "caption needs a target_xyz" in page and "untrained model" in page and "IoU 0.80 (correct)" in page
     assert "truth red chair" in page
     assert page.count("<tr>") == 1 + 12 + 1 + 4 + 1 + len(latency_stats(rows))  # run + answers + latency tables
+
+
+def test_a_turned_answer_is_drawn_turned(tmp_path: Path) -> None:
+    """The footprint of a tight box turned by yaw_rad (a scene frame along a turned room's walls): its corners
+    are the box's own corners turned about its centre; the bird's-eye view draws it."""
+    corners = top_view_corners((20.0, -12.0), (0.4, 0.6), np.radians(30.0))
+    c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    for (u, v), (x, y) in zip([(-0.2, -0.3), (0.2, -0.3), (0.2, 0.3), (-0.2, 0.3)], corners):
+        assert (x, y) == pytest.approx((20.0 + c * u - s * v, -12.0 + s * u + c * v))
+    np.testing.assert_allclose(top_view_corners((1.0, 2.0), (0.4, 0.6), 0.0), [[0.8, 1.7], [1.2, 1.7], [1.2, 2.3], [0.8, 2.3]])
+    rows = make_rows()
+    turned = {**rows[0]["objects"][0], "box_size_xyz": [0.4, 0.6, 0.9], "yaw_rad": float(np.radians(30.0))}
+    rows[0]["objects"] = [turned]
+    points = np.random.default_rng(0).uniform((18, -14, 0), (23, -9, 2.5), (3000, 3)).astype(np.float32)
+    path = plot_birdseye(tmp_path / "b.png", points, [], rows)
+    with Image.open(path) as png:
+        assert png.format == "PNG"
 
 
 def test_a_grounded_box_is_marked_correct_from_iou_0_25_on() -> None:

@@ -141,6 +141,15 @@ def _figure(size: tuple[float, float]) -> Any:
     return fig
 
 
+def top_view_corners(center_xy: Sequence[float], size_xy: Sequence[float], yaw_rad: float) -> np.ndarray:
+    """[4, 2] corners (counter-clockwise) of a box's footprint: extents size_xy along its own axes, turned by
+    yaw_rad about up around center_xy."""
+    c, s = np.cos(yaw_rad), np.sin(yaw_rad)
+    half = np.asarray(size_xy, dtype=np.float64) / 2
+    local = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]]) * half
+    return np.asarray(center_xy, dtype=np.float64) + local @ np.array([[c, s], [-s, c]])
+
+
 def plot_birdseye(
     path: str | Path,
     points_xyz: np.ndarray,
@@ -198,8 +207,7 @@ def plot_birdseye(
     for key, marks in box_queries.items():
         cx, cy, _, sx, sy, _, yaw = key
         colour = query_colour(marks[0][0])
-        c, s_ = np.cos(yaw), np.sin(yaw)
-        corners = np.array([cx, cy]) + np.array([[-sx, -sy], [sx, -sy], [sx, sy], [-sx, sy]]) / 2 @ np.array([[c, s_], [-s_, c]])
+        corners = top_view_corners((cx, cy), (sx, sy), yaw)
         ax.add_patch(Polygon(corners, closed=True, fill=False, lw=1.8, ec=colour))
         left, top = corners[:, 0].min(), corners[:, 1].max()
         ax.text(left, top, ",".join(f"Q{i}{mark}" for i, mark in marks), fontsize=8, ha="left",
