@@ -44,6 +44,7 @@ __all__ = [
     "write_json",
     "write_report",
     "plot_birdseye",
+    "top_view_corners",
     "plot_coverage",
     "plot_latency",
     "write_markers_bag",
