@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from video3dllm_core.geometry import pairwise_box_iou_3d
+from video3dllm_core.geometry import pairwise_box_iou_3d, transform_box_hulls
 from video3dllm_core.ingest import FrameIngestor
 from video3dllm_core.proposals import ProposalConfig, fuse_points, propose_boxes
 from video3dllm_core.scene import SceneFrame
@@ -80,15 +80,9 @@ def run_scene(seed: int, width: int, height: int, frames: int, stride: int, conf
 
     def boxes(placement: str) -> np.ndarray:
         """objects.json boxes, turned with the room: the axis-aligned box around each turned box."""
-        rows = []
-        for o in doc["objects"]:
-            if o["placement"] != placement:
-                continue
-            c, sz = np.asarray(o["box"]["center"]), np.asarray(o["box"]["size"])
-            corners = (c + sz * np.array([[x, y, z] for x in (-.5, .5) for y in (-.5, .5) for z in (-.5, .5)]))
-            corners = corners @ T_world_room[:3, :3].T
-            rows.append(np.r_[(corners.min(axis=0) + corners.max(axis=0)) / 2, np.ptp(corners, axis=0)])
-        return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+        rows = np.asarray([o["box"]["center"] + o["box"]["size"] for o in doc["objects"] if o["placement"] == placement],
+                          dtype=np.float64).reshape(-1, 6)
+        return np.hstack(transform_box_hulls(T_world_room, rows[:, :3], rows[:, 3:]))
 
     def best_iou(gt: np.ndarray) -> np.ndarray:
         if len(gt) == 0:

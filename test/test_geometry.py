@@ -31,6 +31,7 @@ from video3dllm_core.geometry import (
     ransac_plane,
     refine_plane,
     sorted_unique,
+    transform_box_hulls,
     transform_from_translation_quaternion,
     translation_quaternion_from_transform,
     unpack_voxel_keys,
@@ -332,3 +333,22 @@ def test_ransac_plane_finds_the_dominant_plane_repeatably_from_threads() -> None
     assert not m_l.any() and not n_l.any()
     with pytest.raises(ValueError, match="distance_m"):
         ransac_plane(pts, 0.0, 10)
+
+
+def test_transform_box_hulls_are_the_boxes_around_the_moved_corners() -> None:
+    rng = np.random.default_rng(4)
+    centers, sizes = rng.uniform(-3, 3, (5, 3)), rng.uniform(0.1, 2.0, (5, 3))
+    T = np.eye(4)
+    a = np.radians(30.0)
+    T[:3, :3] = [[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]]
+    T[:3, 3] = (20.0, -12.0, 0.5)
+    c_out, s_out = transform_box_hulls(T, centers, sizes)
+    signs = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
+    for k in range(5):
+        moved = (centers[k] + signs * sizes[k]) @ T[:3, :3].T + T[:3, 3]
+        np.testing.assert_allclose(c_out[k], (moved.min(0) + moved.max(0)) / 2, atol=1e-12)
+        np.testing.assert_allclose(s_out[k], np.ptp(moved, axis=0), atol=1e-12)
+    T[:3, :3] = np.eye(3)  # a translation carries the box over exactly
+    c_out, s_out = transform_box_hulls(T, centers, sizes)
+    np.testing.assert_array_equal(s_out, sizes)
+    np.testing.assert_array_equal(c_out, centers + T[:3, 3])

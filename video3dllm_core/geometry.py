@@ -37,6 +37,7 @@ __all__ = [
     "refine_plane",
     "ransac_plane",
     "box_min_max",
+    "transform_box_hulls",
     "box_edge_points",
     "box_volume",
     "box_iou_3d",
@@ -422,6 +423,15 @@ def box_min_max(boxes: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     b = _boxes(boxes, "boxes")
     half = b[..., 3:] / 2
     return b[..., :3] - half, b[..., :3] + half
+
+
+def transform_box_hulls(T: ArrayLike, center_xyz: np.ndarray, size_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned boxes ([..., 3] centres and full sizes) moved by the rigid transform T: the moved centres
+    and the sizes of the axis-aligned hulls of the moved boxes (each extent is sum_j |R_ij| * size_j; for a
+    pure translation, |R| = I and the box is carried over exactly)."""
+    M = np.asarray(T, dtype=np.float64)
+    R = M[:3, :3]
+    return center_xyz @ R.T + M[:3, 3], size_xyz @ np.abs(R).T
 
 
 def box_edge_points(center_xyz: ArrayLike, size_xyz: ArrayLike) -> np.ndarray:

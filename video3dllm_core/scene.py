@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from video3dllm_core.geometry import check_rigid, ransac_plane
+from video3dllm_core.geometry import check_rigid, ransac_plane, transform_box_hulls
 
 __all__ = [
     "SceneFrame",
@@ -262,11 +262,7 @@ class SceneFrame:
             raise ValueError(f"{names[0]}/{names[1]} contain NaN or inf")
         if np.any(s < 0):
             raise ValueError(f"{names[1]} must be non-negative box extents (metres), got a negative value")
-        R = T[:3, :3]
-        c_out = c @ R.T + T[:3, 3]
-        # Axis-aligned hull of the rotated box: each output extent is sum_j |R_ij| * size_j.
-        # For a pure translation |R| = I and the box is carried over exactly.
-        s_out = s @ np.abs(R).T
+        c_out, s_out = transform_box_hulls(T, c, s)
         return c_out.astype(_out_dtype(center), copy=False), s_out.astype(_out_dtype(size), copy=False)
 
     def boxes_to_world(self, center_xyz: np.ndarray, size_xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

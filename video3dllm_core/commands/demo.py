@@ -73,11 +73,11 @@ def _name(obj: Any) -> str:
 def _truth_box(box: Any, label: str, T_map_world: np.ndarray) -> dict[str, Any]:
     """An objects.json box in the map frame: moved by T_map_world, and when that turns the room, the
     axis-aligned box around the turned box (what axis-aligned answers can match)."""
+    from video3dllm_core.geometry import transform_box_hulls
+
     values = np.asarray([float(v) for v in box], dtype=np.float64)
-    corners = values[:3] + values[3:6] * np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)])
-    moved = corners @ T_map_world[:3, :3].T + T_map_world[:3, 3]
-    lo, hi = moved.min(axis=0), moved.max(axis=0)
-    return {"label": label, "center_xyz": [float(v) for v in (lo + hi) / 2], "size_xyz": [float(v) for v in hi - lo]}
+    center, size = transform_box_hulls(T_map_world, values[:3], values[3:6])
+    return {"label": label, "center_xyz": [float(v) for v in center], "size_xyz": [float(v) for v in size]}
 
 
 def demo_map_pose(turn_deg: float = 0.0) -> np.ndarray:
