@@ -286,9 +286,15 @@ def _voxel_groups(points: np.ndarray, voxel_m: float) -> tuple[np.ndarray, np.nd
     voxel_of_point = np.empty(len(flat), dtype=np.int64)
     voxel_of_point[order] = group_sorted
     n_vox = int(group_sorted[-1]) + 1
-    counts = np.bincount(voxel_of_point, minlength=n_vox).astype(np.float64)
-    centroids = np.stack([np.bincount(voxel_of_point, weights=points[:, a], minlength=n_vox) for a in range(3)], axis=1)
-    return centroids / counts[:, None], voxel_of_point
+    return _group_means(points, voxel_of_point, n_vox), voxel_of_point
+
+
+def _group_means(values: np.ndarray, group: np.ndarray, n: int) -> np.ndarray:
+    """[n, C] float64 mean of the [N, C] values of each group 0..n-1 (group: [N]; zeros for an empty group)."""
+    counts = np.maximum(np.bincount(group, minlength=n), 1)
+    sums = np.stack([np.bincount(group, weights=values[:, a].astype(np.float64), minlength=n)
+                     for a in range(values.shape[1])], axis=1)
+    return sums / counts[:, None]
 
 
 # --------------------------------------------------------------------------------- structure
@@ -549,7 +555,7 @@ def propose_boxes(
         extended = np.concatenate([extended, np.zeros(len(parts), dtype=bool)])
         stacked = np.concatenate([stacked, np.ones(len(parts), dtype=bool)])
     is_panel = np.zeros(len(lo_k), dtype=bool)
-    panels = _wall_panels(vox, _voxel_colors(cols, voxel_of_point, len(vox)), walls, cfg) \
+    panels = _wall_panels(vox, _group_means(cols, voxel_of_point, len(vox)), walls, cfg) \
         if cfg.propose_wall_panels and cols is not None else []
     if panels:
         assert cols is not None and mean_colors is not None
@@ -582,14 +588,6 @@ def propose_boxes(
     )
 
 
-def _voxel_colors(colors: np.ndarray, voxel_of_point: np.ndarray, n_vox: int) -> np.ndarray:
-    """[V, 3] float mean RGB of each voxel's points."""
-    counts = np.maximum(np.bincount(voxel_of_point, minlength=n_vox), 1).astype(np.float64)
-    sums = np.stack([np.bincount(voxel_of_point, weights=colors[:, a].astype(np.float64), minlength=n_vox)
-                     for a in range(3)], axis=1)
-    return sums / counts[:, None]
-
-
 def _measure_labelled(voxel_label: np.ndarray, voxel_of_point: np.ndarray, points: np.ndarray,
                       colors: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Per label 0..n-1 of the voxels (-1: none), measured on the full-resolution points of its voxels:
@@ -604,8 +602,7 @@ def _measure_labelled(voxel_label: np.ndarray, voxel_of_point: np.ndarray, point
     counts = np.bincount(lab, minlength=n).astype(np.int64)
     mean_colors = None
     if colors is not None:
-        sums = np.stack([np.bincount(lab, weights=colors[on][:, a].astype(np.float64), minlength=n) for a in range(3)], axis=1)
-        mean_colors = np.round(sums / np.maximum(counts, 1)[:, None]).astype(np.uint8)
+        mean_colors = np.round(_group_means(colors[on], lab, n)).astype(np.uint8)
     return lo, hi, counts, mean_colors
 
 
