@@ -243,3 +243,12 @@ def test_wall_yaw_keeps_an_aligned_map_exact_and_needs_walls() -> None:
     assert estimate_wall_yaw(floor_only).vertical_points < 200  # no vertical surface: the world's axes
     with pytest.raises(ValueError, match="points_world must be an array of shape"):
         estimate_wall_yaw(np.zeros((4, 2)))
+
+
+def test_yaw_rad_reads_the_turn_about_up_back() -> None:
+    points = _room(np.random.default_rng(1))
+    assert SceneFrame.estimate(points).yaw_rad == 0.0 and SceneFrame.identity().yaw_rad == 0.0
+    assert SceneFrame.estimate(points, yaw_rad=0.3).yaw_rad == pytest.approx(0.3, abs=1e-12)
+    assert SceneFrame.estimate(points, yaw_rad=-1.2).yaw_rad == pytest.approx(-1.2, abs=1e-12)
+    tilted = SceneFrame.estimate(points, up_world=(0.0, 0.2, 1.0))
+    assert tilted.yaw_rad is None  # not a turn about up alone

@@ -238,6 +238,15 @@ class SceneFrame:
         """True when the frames differ only by a translation (world up is +z): boxes map exactly."""
         return bool(np.allclose(self.T_scene_world[:3, :3], np.eye(3), atol=1e-12))
 
+    @property
+    def yaw_rad(self) -> float | None:
+        """The scene axes' turn about up relative to the world's (the rotation of `T_scene_world` is a turn
+        by yaw_rad about z; 0 for the world's own axes); None when the frame also tilts (`up_world` not +z)."""
+        R = self.T_scene_world[:3, :3]
+        if not np.allclose(R[2], [0.0, 0.0, 1.0], atol=1e-9):
+            return None
+        return float(np.arctan2(R[1, 0], R[0, 0]))
+
     @staticmethod
     def _apply(T: np.ndarray, points: np.ndarray, name: str) -> np.ndarray:
         pts = _as_points(points, name)

@@ -526,10 +526,8 @@ class SceneEngine:
         if self.config.scene_yaw == "world":
             return 0.0
         yaw = estimate_wall_yaw(fused.points).yaw_rad
-        previous = self._scene
-        if previous is not None:
-            R = previous.T_scene_world[:3, :3]
-            previous_yaw = float(np.arctan2(R[1, 0], R[0, 0]))
+        previous_yaw = self._scene.yaw_rad if self._scene is not None else None
+        if previous_yaw is not None:
             turn = (yaw - previous_yaw + np.pi / 4) % (np.pi / 2) - np.pi / 4  # the same walls, modulo 90 degrees
             if abs(turn) <= np.radians(self.config.scene_yaw_tolerance_deg):
                 return previous_yaw
@@ -563,12 +561,11 @@ class SceneEngine:
                     "proposal_source='external')"
                 )
             c_world, s_world = scene.boxes_to_world(props.centers, props.sizes)
-            R = scene.T_world_scene[:3, :3]
-            turned = not scene.is_pure_translation and bool(np.allclose(R[2], [0.0, 0.0, 1.0], atol=1e-9))
+            box_yaw, box_sizes, scene_yaw = 0.0, None, scene.yaw_rad
+            if scene_yaw is not None and not scene.is_pure_translation:  # turned: tight boxes along the scene axes
+                box_yaw, box_sizes = -scene_yaw, props.sizes
             out = _Candidates(props.centers, props.sizes, c_world, s_world, tuple("" for _ in range(len(props))),
-                              ("geometric", frame_ids), tuple(sorted(f.stamp_ns for f in frames)),
-                              float(np.arctan2(R[1, 0], R[0, 0])) if turned else 0.0,
-                              props.sizes if turned else None)
+                              ("geometric", frame_ids), tuple(sorted(f.stamp_ns for f in frames)), box_yaw, box_sizes)
         timings["proposals_s"] = time.perf_counter() - t
         return out
 
