@@ -46,20 +46,21 @@ class GroundedObject:
         """Inverse of the per-object dicts in `Answer.to_dict`; extra keys (e.g. a report's "iou") are ignored."""
         if not isinstance(data, dict):
             raise ValueError(f"{where} must be a dict with center_xyz, size_xyz and score, got {type(data).__name__}")
-        vectors: dict[str, tuple[float, float, float]] = {}
-        for key in ("center_xyz", "size_xyz", "box_size_xyz"):
-            if key not in data or (key == "box_size_xyz" and data[key] is None):
-                if key == "box_size_xyz":
-                    continue
+
+        def vector(key: str) -> tuple[float, float, float]:
+            if key not in data:
                 raise ValueError(f"{where} lacks '{key}' (3 numbers, world frame, metres)")
             vec = np.asarray(data[key], dtype=np.float64)
             if vec.shape != (3,):
                 raise ValueError(f"{where}.{key} must be 3 numbers, got {data[key]!r}")
-            vectors[key] = (float(vec[0]), float(vec[1]), float(vec[2]))
+            return (float(vec[0]), float(vec[1]), float(vec[2]))
+
+        center, size = vector("center_xyz"), vector("size_xyz")
         if "score" not in data:
             raise ValueError(f"{where} lacks 'score' (a number)")
-        return cls(vectors["center_xyz"], vectors["size_xyz"], float(data["score"]), str(data.get("label", "")),
-                   int(data.get("proposal_index", -1)), vectors.get("box_size_xyz"), float(data.get("yaw_rad", 0.0)))
+        box = None if data.get("box_size_xyz") is None else vector("box_size_xyz")
+        return cls(center, size, float(data["score"]), str(data.get("label", "")), int(data.get("proposal_index", -1)),
+                   box, float(data.get("yaw_rad", 0.0)))
 
 
 @dataclass(frozen=True)
