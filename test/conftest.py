@@ -56,6 +56,17 @@ def small_model_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_init_model(small_model_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`video3dllm init-model` on ``small_model_benchmark`` (seed 0), for the grounding-head extension tests;
+    read-only: tests save what they change elsewhere."""
+    from video3dllm_core.cli import main as cli_main
+
+    out = tmp_path_factory.mktemp("head_extension") / "init"
+    assert cli_main(["init-model", str(small_model_benchmark), str(out)]) == 0
+    return out
+
+
 @pytest.fixture
 def train_head_extension_alone(small_model_benchmark: Path) -> Callable[[Path, str, Path], Path]:
     """``run(model, flag, out)``: `video3dllm train` of ``model`` on ``small_model_benchmark``'s grounding tasks with

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _model_support import ground_scores_after_reload
 from safetensors.torch import load_file
 
-from video3dllm_core.cli import main as cli_main
 from video3dllm_core.model import Video3DLLM
 from video3dllm_core.model.checkpoint import save_checkpoint
 from video3dllm_core.model.config import ConfigError, Video3DLLMConfig
@@ -27,13 +27,6 @@ HUMAN = "<image>Identify the object according to the following description.\nThe
 
 def _layer_norm(x: np.ndarray) -> np.ndarray:
     return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
-
-
-@pytest.fixture(scope="module")
-def init_model(small_model_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("match") / "init"
-    assert cli_main(["init-model", str(small_model_benchmark), str(out)]) == 0
-    return out
 
 
 def _visual_inputs(model: Video3DLLM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,8 +74,8 @@ def test_head_adds_the_match_to_the_real_candidates_only() -> None:
         head(features, hidden, text_mean=t, tower_mean=o[:2])
 
 
-def test_an_added_match_changes_nothing_until_trained_and_round_trips(init_model: Path, tmp_path: Path) -> None:
-    model = Video3DLLM.from_pretrained(init_model, device="cpu")
+def test_an_added_match_changes_nothing_until_trained_and_round_trips(small_init_model: Path, tmp_path: Path) -> None:
+    model = Video3DLLM.from_pretrained(small_init_model, device="cpu")
     assert not model.config.ground_attribute_match and model.ground_head is not None and model.ground_head.match is None
     crops, coords, boxes = _visual_inputs(model)
     ids = build_input_ids(model.tokenizer, "scanrefer", HUMAN, newline_after_image=False).input_ids
@@ -116,15 +109,11 @@ def test_an_added_match_changes_nothing_until_trained_and_round_trips(init_model
     assert weights["ground_head_match_text.weight"].shape == (ATTRIBUTE_MATCH_WIDTH, model.hidden_size)
     assert weights["ground_head_match_obj.weight"].shape == (ATTRIBUTE_MATCH_WIDTH, model.config.mm_hidden_size)
     assert json.loads((saved / "config.json").read_text())["ground_attribute_match"] is True
-    again = Video3DLLM.from_pretrained(saved, device="cpu")
-    with torch.no_grad():
-        visual2 = again.encode_frames(crops, coords)
-        scores = again.ground(again.build_inputs_embeds(ids, visual2), again.object_features(visual2, boxes)).scores
-    torch.testing.assert_close(scores, trained.scores)
+    torch.testing.assert_close(ground_scores_after_reload(saved, crops, coords, ids, boxes), trained.scores)
 
 
-def test_text_mean_is_the_mean_input_embedding_of_the_words_after_the_image(init_model: Path) -> None:
-    model = Video3DLLM.from_pretrained(init_model, device="cpu")
+def test_text_mean_is_the_mean_input_embedding_of_the_words_after_the_image(small_init_model: Path) -> None:
+    model = Video3DLLM.from_pretrained(small_init_model, device="cpu")
     add_attribute_match(model)
     crops, coords, _ = _visual_inputs(model)
     for newline in (False, True):
@@ -142,8 +131,8 @@ def test_text_mean_is_the_mean_input_embedding_of_the_words_after_the_image(init
         model.text_mean(bare)
 
 
-def test_config_key_is_validated_by_name(init_model: Path) -> None:
-    raw = json.loads((init_model / "config.json").read_text())
+def test_config_key_is_validated_by_name(small_init_model: Path) -> None:
+    raw = json.loads((small_init_model / "config.json").read_text())
     with pytest.raises(ConfigError, match="ground_attribute_match must be true or false"):
         Video3DLLMConfig.from_dict({**raw, "ground_attribute_match": "yes"})
     with pytest.raises(ConfigError, match="ground_attribute_match needs the grounding head"):
@@ -151,10 +140,10 @@ def test_config_key_is_validated_by_name(init_model: Path) -> None:
     assert not Video3DLLMConfig.from_dict(raw).ground_attribute_match
 
 
-def test_training_the_match_alone_changes_only_the_match(init_model: Path, tmp_path: Path,
+def test_training_the_match_alone_changes_only_the_match(small_init_model: Path, tmp_path: Path,
                                                          train_head_extension_alone: Callable[[Path, str, Path], Path]) -> None:
-    trained = train_head_extension_alone(init_model, "--attribute-match", tmp_path / "s3")
-    start, end = load_file(str(init_model / "model.safetensors")), load_file(str(trained / "model.safetensors"))
+    trained = train_head_extension_alone(small_init_model, "--attribute-match", tmp_path / "s3")
+    start, end = load_file(str(small_init_model / "model.safetensors")), load_file(str(trained / "model.safetensors"))
     assert set(end) - set(start) == {"ground_head_match_text.weight", "ground_head_match_obj.weight"}
     for key, value in start.items():
         torch.testing.assert_close(end[key], value, rtol=0, atol=0, msg=key)

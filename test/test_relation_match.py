@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _model_support import ground_scores_after_reload
 from safetensors.torch import load_file
 
-from video3dllm_core.cli import main as cli_main
 from video3dllm_core.model import Video3DLLM
 from video3dllm_core.model.checkpoint import save_checkpoint
 from video3dllm_core.model.config import ConfigError, Video3DLLMConfig
@@ -33,13 +33,6 @@ BOXES_M = np.array([
     [2.0, -1.5, 0.25, 0.5, 0.5, 0.5],   # 2 box, far east, south
     [1.0, 2.0, 0.6, 0.3, 0.3, 1.2],     # 3 lamp
 ])
-
-
-@pytest.fixture(scope="module")
-def init_model(small_model_benchmark: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("relation") / "init"
-    assert cli_main(["init-model", str(small_model_benchmark), str(out)]) == 0
-    return out
 
 
 def test_features_are_the_geometry_seen_from_the_landmark() -> None:
@@ -110,8 +103,8 @@ def test_head_adds_the_relation_score_to_the_real_candidates_only() -> None:
     torch.testing.assert_close(none.scores, plain(features[:0], hidden).scores)
 
 
-def test_an_added_relation_match_changes_nothing_until_trained_and_round_trips(init_model: Path, tmp_path: Path) -> None:
-    model = Video3DLLM.from_pretrained(init_model, device="cpu")
+def test_an_added_relation_match_changes_nothing_until_trained_and_round_trips(small_init_model: Path, tmp_path: Path) -> None:
+    model = Video3DLLM.from_pretrained(small_init_model, device="cpu")
     assert not model.config.ground_relation_match and model.ground_head is not None and model.ground_head.relation is None
     rng = np.random.default_rng(3)
     crops = rng.integers(0, 256, (2, 384, 384, 3), dtype=np.uint8)
@@ -141,15 +134,11 @@ def test_an_added_relation_match_changes_nothing_until_trained_and_round_trips(i
     assert weights["ground_head_relation_landmark_out.weight"].shape == (model.hidden_size, 2 * model.hidden_size)
     assert "ground_head_relation_landmark.0.weight" in weights
     assert json.loads((saved / "config.json").read_text())["ground_relation_match"] is True
-    again = Video3DLLM.from_pretrained(saved, device="cpu")
-    with torch.no_grad():
-        visual2 = again.encode_frames(crops, coords)
-        scores = again.ground(again.build_inputs_embeds(ids, visual2), again.object_features(visual2, BOXES_M)).scores
-    torch.testing.assert_close(scores, trained.scores)
+    torch.testing.assert_close(ground_scores_after_reload(saved, crops, coords, ids, BOXES_M), trained.scores)
 
 
-def test_config_key_is_validated_by_name(init_model: Path) -> None:
-    raw = json.loads((init_model / "config.json").read_text())
+def test_config_key_is_validated_by_name(small_init_model: Path) -> None:
+    raw = json.loads((small_init_model / "config.json").read_text())
     with pytest.raises(ConfigError, match="ground_relation_match must be true or false"):
         Video3DLLMConfig.from_dict({**raw, "ground_relation_match": 1})
     with pytest.raises(ConfigError, match="ground_relation_match needs the grounding head"):
@@ -157,10 +146,10 @@ def test_config_key_is_validated_by_name(init_model: Path) -> None:
     assert not Video3DLLMConfig.from_dict(raw).ground_relation_match
 
 
-def test_training_the_relation_match_alone_changes_only_it(init_model: Path, tmp_path: Path,
+def test_training_the_relation_match_alone_changes_only_it(small_init_model: Path, tmp_path: Path,
                                                           train_head_extension_alone: Callable[[Path, str, Path], Path]) -> None:
-    trained = train_head_extension_alone(init_model, "--relation-match", tmp_path / "s4")
-    start, end = load_file(str(init_model / "model.safetensors")), load_file(str(trained / "model.safetensors"))
+    trained = train_head_extension_alone(small_init_model, "--relation-match", tmp_path / "s4")
+    start, end = load_file(str(small_init_model / "model.safetensors")), load_file(str(trained / "model.safetensors"))
     assert {k for k in set(end) - set(start)} == {k for k in end if k.startswith("ground_head_relation_")}
     for key, value in start.items():
         torch.testing.assert_close(end[key], value, rtol=0, atol=0, msg=key)
