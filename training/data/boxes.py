@@ -18,7 +18,7 @@ import numpy as np
 from video3dllm_training.data.annotations import scene_id_of
 from video3dllm_training.metrics.boxes import iou_matrix
 
-__all__ = ["load_box_file", "write_box_file", "match_targets", "grounding_targets"]
+__all__ = ["load_box_file", "write_box_file", "match_targets", "grounding_targets", "check_box_indices"]
 
 
 def load_box_file(path: str | Path) -> dict[str, np.ndarray]:
@@ -68,6 +68,13 @@ def match_targets(candidates: np.ndarray, gt_boxes: np.ndarray, iou_threshold: f
     return tuple(sorted(chosen))
 
 
+def check_box_indices(ids: Sequence[int], n: int, where: str, field: str) -> None:
+    """Raise ValueError naming ``field`` and the ids outside a scene's ``n`` ground-truth boxes."""
+    bad = [i for i in ids if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"{where}: {field} {list(bad)} outside the scene's {n} ground-truth boxes")
+
+
 def grounding_targets(object_ids: Sequence[int], candidates: np.ndarray, gt_boxes: Sequence[Sequence[float]] | None,
                       boxes_are_gt: bool, where: str, iou_threshold: float = 0.5) -> tuple[int, ...]:
     """Indices of the target boxes among the candidates (empty = the "no object" target).
@@ -79,9 +86,7 @@ def grounding_targets(object_ids: Sequence[int], candidates: np.ndarray, gt_boxe
     """
     n = len(candidates)
     if boxes_are_gt:
-        bad = [i for i in object_ids if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"{where}: metadata.object_id {list(bad)} outside the scene's {n} ground-truth boxes")
+        check_box_indices(object_ids, n, where, "metadata.object_id")
         if gt_boxes:
             listed = np.asarray(candidates, dtype=np.float64)[list(object_ids)]
             if listed.shape == np.asarray(gt_boxes).shape and not np.allclose(listed, np.asarray(gt_boxes), atol=1e-3):

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset, Sampler
 from video3dllm_core.model.constants import IGNORE_INDEX
 from video3dllm_core.model.prompts import DEFAULT_SYSTEM_MESSAGE, GROUNDING_INSTRUCTION, IMAGE_TOKEN, PromptIds, Task, build_input_ids, build_training_ids, parse_task
 from video3dllm_training.data.annotations import Annotation
-from video3dllm_training.data.boxes import grounding_targets
+from video3dllm_training.data.boxes import check_box_indices, grounding_targets
 from video3dllm_training.data.scenes import SceneStore
 
 __all__ = [
@@ -226,9 +226,7 @@ class Video3DDataset(Dataset[Sample]):
                                                           cfg.target_iou)
                 sample.description_ids = description_token_ids(self.tokenizer, ann.human)
                 if ann.anchor_ids and cfg.boxes_are_gt:
-                    if not all(0 <= i < len(candidates) for i in ann.anchor_ids):
-                        raise ValueError(f"{where}: metadata.anchor_ids {list(ann.anchor_ids)} outside the scene's "
-                                         f"{len(candidates)} ground-truth boxes")
+                    check_box_indices(ann.anchor_ids, len(candidates), where, "metadata.anchor_ids")
                     sample.anchor_ids = ann.anchor_ids
         if ann.task is Task.SCAN2CAP:
             if ann.box_input is None:
