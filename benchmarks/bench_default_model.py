@@ -26,6 +26,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from video3dllm_core.answer import CAPTION_DECODINGS  # noqa: E402
 from video3dllm_training.synthetic_eval import (  # noqa: E402
     baseline_metrics,
     caption_breakdown,
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--newline-after-image", action=argparse.BooleanOptionalAction, default=None,
                    help="prompts with / without upstream eval's newline after the image placeholder (default: each "
                         "model's config.json prompt_newline_after_image; docs/prompts.md)")
+    p.add_argument("--caption-decoding", default="checkpoint", choices=CAPTION_DECODINGS,
+                   help="Scan2Cap captions: as each checkpoint's generation_config asks (default), greedy, or by the "
+                        "speaker-listener search for every model (docs/engine.md, \"Captions\")")
     p.add_argument("--out", default="bench_default_model_out")
     p.add_argument("--record", default=None,
                    help="also write the embedded model's results.json here (the first --model is the shipped one)")
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--model {spec!r}: expected NAME=CHECKPOINT")
         frames = args.frames_upbound or json.loads((Path(path) / "config.json").read_text())["frames_upbound"]
         results[name] = evaluate_checkpoint(name, path, bench, args.split, out, args.limit, frames,
-                                            newline_after_image=args.newline_after_image)
+                                            newline_after_image=args.newline_after_image,
+                                            caption_decoding=args.caption_decoding)
     models = list(results)[1:]  # after the chance/prior row
     relations = {name: relation_breakdown(bench, args.split, out / name / "scanrefer.jsonl") for name in models}
     multi = {name: multi_breakdown(out / name / "multi3drefer.jsonl") for name in models}
@@ -111,6 +116,7 @@ def record(path: Path, bench: Path, args: argparse.Namespace, results: dict[str,
         "training": {"frames_upbound": config["frames_upbound"], "checkpoint": shipped},
         "recipe": Path(args.recipe).read_text() if args.recipe else None,
         "test": {"split": args.split, "limit": args.limit, "newline_after_image": args.newline_after_image,
+                 "caption_decoding": args.caption_decoding,
                  "results": results, "relations": relations, "multi": multi, "multi_kinds": multi_kinds,
                  "captions": captions},
         "table": results_table(results),

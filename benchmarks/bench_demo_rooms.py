@@ -11,6 +11,7 @@ number of correct answers per room. Pass several models to compare them on the s
         [--panels both]                    # columns with and without wall-panel proposals (doors, windows)
         [--proposal-frames 0 --proposal-frames 16]   # candidates fused from the keyframes alone / 16 frames
         [--turn 30 --scene-yaw both]       # rooms turned in the map; scene frame along the walls / the map
+        [--caption-decoding greedy --caption-decoding checkpoint]   # captions decoded greedily / as the model asks
 
 Without --model: the embedded default model. ~1 s per room on one core at 640x480.
 """
@@ -25,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from video3dllm_core.commands.demo import ask_demo_room, render_demo_room  # noqa: E402
 from video3dllm_core.engine import EngineConfig, SceneEngine  # noqa: E402
+from video3dllm_core.answer import CAPTION_DECODINGS  # noqa: E402
 from video3dllm_core.proposals import ProposalConfig  # noqa: E402
 
 
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="turn every room by DEG degrees about up in the map frame (demo --turn)")
     p.add_argument("--scene-yaw", choices=("walls", "world", "both"), default="walls",
                    help="EngineConfig.scene_yaw (default walls), or one column each")
+    p.add_argument("--caption-decoding", action="append", choices=CAPTION_DECODINGS, default=None,
+                   help="EngineConfig.caption_decoding (repeatable: one column each; default: the engine's, "
+                        "'checkpoint')")
     args = p.parse_args(argv)
     models: list[tuple[str, str | None]] = [("default", None)]
     if args.model:
@@ -63,26 +68,32 @@ def main(argv: list[str] | None = None) -> int:
     panel_modes = {"on": [True], "off": [False], "both": [True, False]}[args.panels]
     proposal_frames: list[int | None] = args.proposal_frames or [None]
     yaws = ["walls", "world"] if args.scene_yaw == "both" else [args.scene_yaw]
+    decodings: list[str | None] = args.caption_decoding or [None]
 
-    def column(name: str, budget: int | None, split: bool, panels: bool, pf: int | None, yaw: str) -> str:
+    def column(name: str, budget: int | None, split: bool, panels: bool, pf: int | None, yaw: str,
+               decoding: str | None) -> str:
         words = [name] + ([f"({budget} frames)"] if budget else [])
         words += [] if len(splits) == 1 else ["split" if split else "merged"]
         words += [] if len(panel_modes) == 1 else ["panels" if panels else "no panels"]
         words += [] if pf is None else [f"proposals from {pf or 'keyframes'}"]
         words += [] if len(yaws) == 1 else [f"yaw {yaw}"]
+        words += [] if decoding is None else [f"captions {decoding}"]
         return " ".join(words)
 
-    runs = [(column(name, b, split, panels, pf, yaw), path, b, split, panels, pf, yaw)
+    runs = [(column(name, b, split, panels, pf, yaw, dec), path, b, split, panels, pf, yaw, dec)
             for name, path in models for b in budgets for split in splits for panels in panel_modes
-            for pf in proposal_frames for yaw in yaws]
+            for pf in proposal_frames for yaw in yaws for dec in decodings]
     rooms = [render_demo_room(seed, args.frames, args.width, args.height, args.turn) for seed in range(args.rooms)]
     correct: dict[str, Counter[str]] = {}
     per_room: dict[str, list[int]] = {}
     proposals_ms: dict[str, list[float]] = {}  # per room: the slowest proposals stage (the one that computed them)
+    caption_ms: dict[str, list[float]] = {}  # per room: the caption's decode stage
     questions: list[str] = []
-    for name, path, budget, split, panels, pf, yaw in runs:
-        correct[name], per_room[name], proposals_ms[name] = Counter(), [], []
-        extra = {} if pf is None else {"proposal_max_frames": pf}
+    for name, path, budget, split, panels, pf, yaw, decoding in runs:
+        correct[name], per_room[name], proposals_ms[name], caption_ms[name] = Counter(), [], [], []
+        extra: dict[str, object] = {} if pf is None else {"proposal_max_frames": pf}
+        if decoding is not None:
+            extra["caption_decoding"] = decoding
         engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget, **extra, scene_yaw=yaw,
                                                proposal_config=ProposalConfig(split_stacked=split,
                                                                               propose_wall_panels=panels)))
@@ -96,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 correct[name][key] += bool(row.get("correct"))
             per_room[name].append(sum(bool(r.get("correct")) for r in rows))
             proposals_ms[name].append(1000 * max((r.get("timings") or {}).get("proposals_s", 0.0) for r in rows))
+            caption_ms[name] += [1000 * (r.get("timings") or {}).get("decode_s", 0.0) for r in rows if r["task"] == "caption"]
     print(f"demo questions answered correctly in {args.rooms} rooms (seeds 0..{args.rooms - 1}, "
           f"{args.frames} frames at {args.width}x{args.height}" + (f", turned {args.turn:g} deg" if args.turn else "") + ")")
     print("| question | " + " | ".join(correct) + " |")
@@ -106,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| per room | " + " | ".join(" ".join(map(str, v)) for v in per_room.values()) + " |")
     print("| proposals stage, mean of the slowest query per room (ms) | "
           + " | ".join(f"{sum(v) / len(v):.0f}" for v in proposals_ms.values()) + " |")
+    print("| caption decode stage, mean (ms) | "
+          + " | ".join(f"{sum(v) / max(len(v), 1):.0f}" for v in caption_ms.values()) + " |")
     return 0
 
 

@@ -32,7 +32,8 @@ def test_shipped_model_reproduces_the_recorded_test_accuracy(tmp_path: Path) -> 
     model = load_default_model(device="cpu")
     got = evaluate_checkpoint("default", DEFAULT_MODEL_DIR, tmp_path / "bench", split, tmp_path / "answers",
                               recorded["test"]["limit"], recorded["training"]["frames_upbound"], model=model,
-                              newline_after_image=recorded["test"].get("newline_after_image"))
+                              newline_after_image=recorded["test"].get("newline_after_image"),
+                              caption_decoding=recorded["test"].get("caption_decoding", "greedy"))
     want = recorded["test"]["results"]["default"]
     chance = baseline_metrics(tmp_path / "bench", split, recorded["test"]["limit"])
     report = {}

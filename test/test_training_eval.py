@@ -127,3 +127,42 @@ def test_sqa3d_metrics_split_by_the_upstream_question_type_when_the_benchmark_ha
     metrics = compute_metrics("sqa3d", rows)
     assert metrics["em"] == {"all": 2 / 3, "which": 1.0, "how": 0.0, "what": 1.0}
     assert metrics["count"]["all"] == 3
+
+
+def test_scan2cap_listener_decoding_hears_the_scene_boxes_in_the_eval_layout(bench: Path, model: Video3DLLM,
+                                                                               tmp_path: Path) -> None:
+    """`caption_decoding="listener"`: the caption is `generate_with_listener` over the box file's boxes (plus the input
+    box when it is not one of them) with the eval's ScanRefer prompt as listener; the metrics file records the
+    settings; greedy stays greedy; beams and the listener do not mix."""
+    from video3dllm_core.model.listener_decoding import ListenerDecoding
+    from video3dllm_training.evaluate import listener_candidates
+
+    listened = evaluate(_cfg(bench, "scan2cap", tmp_path / "l.jsonl", limit=2, caption_decoding="listener"), model=model)
+    greedy = evaluate(_cfg(bench, "scan2cap", tmp_path / "g.jsonl", limit=2, caption_decoding="greedy"), model=model)
+    assert listened.total == greedy.total == 2
+    assert json.loads((tmp_path / "l.metrics.json").read_text())["caption_decoding"] == {"mode": "listener",
+                                                                                         **ListenerDecoding().to_dict()}
+    assert json.loads((tmp_path / "g.metrics.json").read_text())["caption_decoding"] is None
+    boxes = {k.split("/")[-1]: np.asarray(v) for k, v in json.loads((bench / "metadata" / "scannet_val_pred_box.json").read_text()).items()}
+    store = SceneStore(bench / "posed_images")
+    newline = model.config.prompt_newline_after_image
+    for rec, greedy_rec in zip(read_answers(tmp_path / "l.jsonl"), read_answers(tmp_path / "g.jsonl")):
+        box_input = rec["pred_box"]
+        frames = store.frames(rec["scene_id"], "uniform", 2)
+        candidates, target = listener_candidates(boxes[rec["scene_id"]], box_input)
+        with torch.no_grad():
+            visual = model.encode_frames(np.stack([f.crop_rgb for f in frames]), np.stack([f.world_coords for f in frames]))
+            ids = build_input_ids(model.tokenizer, Task.SCAN2CAP, rec["prompt"], newline_after_image=newline).input_ids
+
+            def ground_ids(text: str) -> list[int]:
+                return build_input_ids(model.tokenizer, Task.SCANREFER, human_turn(Task.SCANREFER, description=text),
+                                       newline_after_image=newline).input_ids
+
+            merged = model.build_inputs_embeds(ids, visual, coord_xyz=box_input[:3])
+            out = model.generate_with_listener(merged, visual, model.object_features(visual, candidates), target, ground_ids,
+                                               ListenerDecoding(), max_new_tokens=3)
+            plain = model.generate(merged, max_new_tokens=3)
+        assert rec["pred_response"] == model.tokenizer.decode(out.token_ids, skip_special_tokens=True).strip()
+        assert greedy_rec["pred_response"] == model.tokenizer.decode(plain.token_ids, skip_special_tokens=True).strip()
+    with pytest.raises(ValueError, match="use num_beams=1 with it"):
+        evaluate(_cfg(bench, "scan2cap", tmp_path / "b.jsonl", limit=1, caption_decoding="listener", num_beams=2), model=model)

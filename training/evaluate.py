@@ -33,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 from video3dllm_core.model import Video3DLLM, select_multi3drefer, select_scanrefer
-from video3dllm_core.model.prompts import Task, parse_task
+from video3dllm_core.model.listener_decoding import ListenerDecoding, resolve_caption_decoding
+from video3dllm_core.model.prompts import Task, build_input_ids, human_turn, parse_task
 from video3dllm_training.data.annotations import Annotation, load_annotations
 from video3dllm_training.data.dataset import DatasetConfig, Video3DDataset
 
@@ -59,6 +60,7 @@ class EvalConfig:
     batch_size: int = 32
     max_new_tokens: int = 512
     num_beams: int = 1
+    caption_decoding: str = "checkpoint"  # Scan2Cap: "checkpoint" (its generation_config), "greedy" or "listener"
     limit: int | None = None
     device: str | None = None
     dtype: str = "auto"
@@ -125,11 +127,15 @@ def _box_list(box: Any) -> list[float]:
 
 def generate_answers(model: Video3DLLM, dataset: Video3DDataset, annotations: Sequence[Annotation], answers_path: str | Path,
                      batch_size: int = 32, max_new_tokens: int = 512, num_beams: int = 1,
-                     progress: bool = True) -> tuple[int, int, float]:
+                     progress: bool = True, listener: ListenerDecoding | None = None) -> tuple[int, int, float]:
     """Answer every annotation not yet in `answers_path` (see the module docstring).
 
+    `listener`: Scan2Cap captions by the speaker-listener search (`model.listener_decoding`), listening
+    over the scene's candidate boxes when the dataset has a box file, else over the input box alone.
     Returns (answered now, skipped as already answered, seconds spent in the model).
     """
+    if listener is not None and num_beams > 1:
+        raise ValueError("listener caption decoding is a beam search of its own; use num_beams=1 with it")
     path = Path(answers_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {str(r.get("sample_id")) for r in read_answers(path)}
@@ -161,7 +167,7 @@ def generate_answers(model: Video3DLLM, dataset: Video3DDataset, annotations: Se
                 for ann, prompt in zip(chunk, prompts):
                     t0 = time.perf_counter()
                     record = _answer_one(model, tokenizer, ann, prompt, visual, prefix, objects, dataset, refs,
-                                         max_new_tokens, num_beams)
+                                         max_new_tokens, num_beams, listener)
                     model_seconds += time.perf_counter() - t0
                     record["frames"] = [str(f.name) for f in frames]
                     out.write(json.dumps(record) + "\n")
@@ -173,7 +179,8 @@ def generate_answers(model: Video3DLLM, dataset: Video3DDataset, annotations: Se
 
 @torch.no_grad()
 def _answer_one(model: Video3DLLM, tokenizer: Any, ann: Annotation, prompt: Any, visual: Any, prefix: Any, objects: Any,
-                dataset: Video3DDataset, refs: dict[str, list[str]], max_new_tokens: int, num_beams: int) -> dict[str, Any]:
+                dataset: Video3DDataset, refs: dict[str, list[str]], max_new_tokens: int, num_beams: int,
+                listener: ListenerDecoding | None = None) -> dict[str, Any]:
     record: dict[str, Any] = {
         "sample_id": ann.question_id,
         "task": ann.task.value,
@@ -204,7 +211,10 @@ def _answer_one(model: Video3DLLM, tokenizer: Any, ann: Annotation, prompt: Any,
         return record
     coord = None if ann.task is not Task.SCAN2CAP else list(ann.box_input[:3])  # type: ignore[index]
     merged = model.build_inputs_embeds(prompt.input_ids, visual, coord_xyz=coord)
-    generated = model.generate(merged, max_new_tokens=max_new_tokens, num_beams=num_beams, prefix=prefix)
+    if listener is not None and ann.task is Task.SCAN2CAP:
+        generated = _caption_with_listener(model, dataset, ann, merged, visual, prefix, listener, max_new_tokens)
+    else:
+        generated = model.generate(merged, max_new_tokens=max_new_tokens, num_beams=num_beams, prefix=prefix)
     text = tokenizer.decode(generated.token_ids, skip_special_tokens=True).strip()
     record["pred_response"] = text
     if ann.task is Task.SCANQA:
@@ -215,6 +225,37 @@ def _answer_one(model: Video3DLLM, tokenizer: Any, ann: Annotation, prompt: Any,
         record.update(gt_response=list(ann.references), pred_box=list(ann.box_input) if ann.box_input else None,
                       gt_box=None if ann.gt_box is None else list(ann.gt_box))
     return record
+
+
+
+def listener_candidates(scene_boxes: np.ndarray | None, box_input: Sequence[float]) -> tuple[np.ndarray, int]:
+    """The boxes a Scan2Cap caption's listener compares ([N, 6]) and the index of the input box among them:
+    the scene's candidate boxes with the input box, which is appended unless one of them is it (within 1 mm)."""
+    target = np.asarray(box_input, dtype=np.float64).reshape(1, 6)
+    if scene_boxes is None or len(scene_boxes) == 0:
+        return target, 0
+    boxes = np.asarray(scene_boxes, dtype=np.float64).reshape(-1, 6)
+    same = np.flatnonzero(np.abs(boxes - target).max(axis=1) <= 1e-3)
+    if len(same):
+        return boxes, int(same[0])
+    return np.concatenate([boxes, target]), len(boxes)
+
+
+def _caption_with_listener(model: Video3DLLM, dataset: Video3DDataset, ann: Annotation, merged: Any, visual: Any,
+                           prefix: Any, listener: ListenerDecoding, max_new_tokens: int) -> Any:
+    """A Scan2Cap caption by the speaker-listener search, the listener asked in the dataset's prompt layout."""
+    scene_boxes = dataset.boxes.get(ann.scene_id) if dataset.boxes else None
+    boxes, target = listener_candidates(scene_boxes, ann.box_input)  # type: ignore[arg-type]
+    objects = model.object_features(visual, boxes)
+    cfg = dataset.config
+
+    def listener_ids(text: str) -> list[int]:
+        human = human_turn(Task.SCANREFER, description=text)
+        return build_input_ids(model.tokenizer, Task.SCANREFER, human, system=cfg.system,
+                               newline_after_image=cfg.newline_after_image).input_ids
+
+    return model.generate_with_listener(merged, visual, objects, target, listener_ids, listener,
+                                        max_new_tokens=max_new_tokens, prefix=prefix, listener_prefix=prefix)
 
 
 def compute_metrics(task: str | Task, records: Sequence[dict[str, Any]], meteor: bool = True) -> dict[str, Any]:
@@ -279,8 +320,9 @@ def evaluate(cfg: EvalConfig, model: Video3DLLM | None = None) -> EvalResult:
                                            spatial_instruction=False, boxes_are_gt=False,
                                            newline_after_image=model.config.prompt_newline_after_image
                                            if cfg.newline_after_image is None else cfg.newline_after_image))
+    listener = resolve_caption_decoding(cfg.caption_decoding, model.generation_config) if task is Task.SCAN2CAP else None
     answered, skipped, model_s = generate_answers(model, dataset, questions, cfg.answers, cfg.batch_size, cfg.max_new_tokens,
-                                                  cfg.num_beams, cfg.progress)
+                                                  cfg.num_beams, cfg.progress, listener)
     records = read_answers(cfg.answers)
     wanted = {q.question_id for q in questions}
     records = [r for r in records if str(r.get("sample_id")) in wanted]
@@ -294,6 +336,7 @@ def evaluate(cfg: EvalConfig, model: Video3DLLM | None = None) -> EvalResult:
                                "skipped": skipped, "seconds": round(result.seconds, 3),
                                "model_seconds_per_question": result.seconds_per_question,
                                "frame_strategy": cfg.frame_strategy, "frames_upbound": cfg.frames_upbound,
+                               "caption_decoding": None if listener is None else {"mode": "listener", **listener.to_dict()},
                                "model": str(cfg.model)}, indent=2) + "\n", encoding="utf-8")
     result.extra["metrics_file"] = str(out)
     return result

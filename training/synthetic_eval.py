@@ -33,9 +33,11 @@ def headline(task: str, metrics: dict[str, Any], group: str = "all") -> dict[str
 
 
 def evaluate_checkpoint(name: str, path: str | Path, bench: Path, split: str, out: Path, limit: int | None,
-                        frames_upbound: int, model: Any = None, newline_after_image: bool | None = None) -> dict[str, Any]:
+                        frames_upbound: int, model: Any = None, newline_after_image: bool | None = None,
+                        caption_decoding: str = "checkpoint") -> dict[str, Any]:
     """{task: {metrics, questions}} of one checkpoint (answers under out/name/, resumable); the prompt layout
-    as `EvalConfig.newline_after_image` (None: the model's config)."""
+    as `EvalConfig.newline_after_image` (None: the model's config); captions decoded as
+    `EvalConfig.caption_decoding` (a listener hears the room's boxes)."""
     from video3dllm_training.evaluate import EvalConfig, evaluate
 
     meta = bench / "metadata"
@@ -43,10 +45,11 @@ def evaluate_checkpoint(name: str, path: str | Path, bench: Path, split: str, ou
     for task in TASKS:
         cfg = EvalConfig(task=task, model=str(path), annotations=str(bench / "processed" / f"{FILES[task]}_{split}_llava_style.json"),
                          posed_images=str(bench / "posed_images"), answers=str(out / name / f"{task}.jsonl"),
-                         boxes=str(meta / f"scannet_{split}_gt_box.json") if task in ("scanrefer", "multi3drefer") else None,
+                         boxes=str(meta / f"scannet_{split}_gt_box.json") if task in ("scanrefer", "multi3drefer", "scan2cap") else None,
                          frames_file=str(meta / "scannet_select_frames.json"), frame_strategy="mc",
                          frames_upbound=frames_upbound, batch_size=64, max_new_tokens=24, limit=limit, device="cpu",
-                         meteor=False, progress=False, newline_after_image=newline_after_image)
+                         meteor=False, progress=False, newline_after_image=newline_after_image,
+                         caption_decoding=caption_decoding)
         result = evaluate(cfg, model=model)
         results[task] = {"metrics": result.metrics, "questions": result.total}
         print(f"  {name} {task}: {result.total} questions, {result.seconds:.1f} s", file=sys.stderr)

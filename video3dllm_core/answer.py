@@ -15,6 +15,9 @@ __all__ = ["GroundedObject", "Timings", "Answer", "ENGINE_TASKS"]
 
 # Task names accepted by SceneEngine.query: "auto" decides from the question.
 ENGINE_TASKS = ("auto", "qa", "situated_qa", "ground", "ground_multi", "caption")
+# how captions are decoded (EngineConfig.caption_decoding, `video3dllm eval --caption-decoding`; meaning:
+# model.listener_decoding.resolve_caption_decoding)
+CAPTION_DECODINGS = ("checkpoint", "greedy", "listener")
 
 
 @dataclass(frozen=True)

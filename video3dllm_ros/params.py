@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from video3dllm_core.answer import CAPTION_DECODINGS
+
 __all__ = ["ParamSpec", "PARAMETERS", "NodeSettings", "engine_config_kwargs"]
 
 RGB_TRANSPORTS = ("raw", "compressed")
@@ -88,6 +90,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "alignment); world boxes are then hulls of the scene boxes. 'world': keep world_frame's axes.",
               ("walls", "world")),
     ParamSpec("max_new_tokens", 64, "Generation budget of text answers.", minimum=1),
+    ParamSpec("caption_decoding", "checkpoint",
+              "How captions are decoded: 'checkpoint' (what its generation_config.json asks for; greedy for "
+              "upstream checkpoints, the speaker-listener search for the embedded default model), 'greedy', or "
+              "'listener' (the grounding head picks among the decoder's plausible words).",
+              CAPTION_DECODINGS),
     ParamSpec("model_path", "", "Video-3D LLM checkpoint folder; empty: the embedded default model (small, trained on synthetic rooms)."),
     ParamSpec("device", "", "torch device, e.g. 'cuda:0' or 'cpu'; empty: CUDA when available."),
     ParamSpec("dtype", "", "torch dtype name (bfloat16, float16, float32); empty: the model default."),
@@ -132,6 +139,7 @@ class NodeSettings:
     scene_frame: str
     scene_yaw: str
     max_new_tokens: int
+    caption_decoding: str
     model_path: str
     device: str
     dtype: str
@@ -192,6 +200,7 @@ def engine_config_kwargs(settings: NodeSettings) -> dict[str, Any]:
         "scene_frame": settings.scene_frame,
         "scene_yaw": settings.scene_yaw,
         "max_new_tokens": settings.max_new_tokens,
+        "caption_decoding": settings.caption_decoding,
         "model_path": opt(settings.model_path),
         "device": opt(settings.device),
         "dtype": opt(settings.dtype),

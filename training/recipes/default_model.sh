@@ -56,11 +56,16 @@ relation() {  # input output
 }
 for v in pe no_pe; do relation "$WORK/match_$v/checkpoint-2400" "$WORK/relation_$v" & done; wait
 
-# 4. held-out test split: both models next to chance/prior; results.json for the package
+# 4. held-out test split: both models next to chance/prior; results.json for the package. Captions by the
+#    speaker-listener search for both (the grounding head picks among the decoder's words; docs/engine.md, "Captions")
 $PY benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/relation_pe/checkpoint-1500" \
   --model no_3d_pe="$WORK/relation_no_pe/checkpoint-1500" --out "$WORK/results" --record "$WORK/results/results.json" \
-  --recipe training/recipes/default_model.sh
+  --recipe training/recipes/default_model.sh --caption-decoding listener
 
 # 5. ship: the checkpoint's files (not train_state/) and the recorded results
 # cp -r "$WORK/relation_pe/checkpoint-1500"/{config.json,generation_config.json,model.safetensors,tokenizer.json,tokenizer_config.json,tiny-siglip-so400m-patch14-384} \
 #   "$WORK/results/results.json" video3dllm_core/default_model/
+# and ask for the listener in the shipped generation_config.json (what "checkpoint" caption decoding reads):
+# $PY -c 'import json,sys; p=sys.argv[1]; c=json.load(open(p)); c["video3dllm_caption_decoding"]={"mode": "listener",
+#   "beams": 4, "top_k": 20, "min_relative_prob": 0.05, "listener_weight": 1.0}; open(p,"w").write(json.dumps(c, indent=2)+"\n")' \
+#   video3dllm_core/default_model/generation_config.json

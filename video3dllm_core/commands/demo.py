@@ -61,9 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--turn", type=float, default=0.0, metavar="DEG",
                    help="turn the room by DEG degrees about up in the map frame (walls oblique to the map's axes, "
                         "as in a robot's map; default 0)")
-    from video3dllm_core.commands.replay import add_scene_yaw_argument
+    from video3dllm_core.commands.replay import add_caption_decoding_argument, add_scene_yaw_argument
 
     add_scene_yaw_argument(p)
+    add_caption_decoding_argument(p)
 
 
 def _name(obj: Any) -> str:

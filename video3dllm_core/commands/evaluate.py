@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from video3dllm_core.answer import CAPTION_DECODINGS
+
 HELP = "evaluate a checkpoint on ScanRefer / Multi3DRefer / Scan2Cap / ScanQA / SQA3D (resumable answers + metrics)"
 
 
@@ -35,6 +37,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="questions per scene sharing one frame encoding + prefix")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--caption-decoding", default="checkpoint", choices=CAPTION_DECODINGS,
+                   help="Scan2Cap captions: as the checkpoint's generation_config.json asks (default; greedy unless it "
+                        "asks for 'listener'), greedy, or the speaker-listener search (docs/engine.md, \"Captions\")")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         boxes=args.boxes, frames_file=args.frames_file, frame_strategy=args.frame_strategy, frames_upbound=args.frames_upbound,
         embodiedscan=args.embodiedscan, trust_pickle=args.trust_pickle, metrics_out=args.metrics_out,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, limit=args.limit,
+        caption_decoding=args.caption_decoding,
         device=args.device, dtype=args.dtype, attn_implementation=args.attn, meteor=not args.no_meteor,
         newline_after_image=args.newline_after_image,
     )

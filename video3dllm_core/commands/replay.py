@@ -50,6 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="keyframe budget per query (default 32)")
     p.add_argument("--voxel-size", type=float, default=None, help="coverage voxel size in metres (default 0.1)")
     add_scene_yaw_argument(p)
+    add_caption_decoding_argument(p)
     p.add_argument("--markers-bag", default=None, metavar="OUT", help="also write the answers as a MarkerArray rosbag2 (MCAP)")
     add_source_arguments(p, world_frame_help="TF frame of the poses and outputs (default map)")
 
@@ -59,6 +60,16 @@ def add_scene_yaw_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-yaw", choices=("walls", "world"), default=None,
                    help="scene frame turned so the room's walls run along x/y ('walls', the default) or kept on "
                         "the world's axes ('world')")
+
+
+def add_caption_decoding_argument(p: argparse.ArgumentParser) -> None:
+    """--caption-decoding: EngineConfig.caption_decoding (shared by replay and demo)."""
+    from video3dllm_core.answer import CAPTION_DECODINGS
+
+    p.add_argument("--caption-decoding", choices=CAPTION_DECODINGS, default=None,
+                   help="captions as the checkpoint's generation_config.json asks ('checkpoint', the default: greedy "
+                        "for upstream checkpoints, 'listener' for the embedded model), 'greedy', or 'listener' (the "
+                        "grounding head picks among the decoder's plausible words; docs/engine.md, \"Captions\")")
 
 
 def engine_config(args: argparse.Namespace, model: str | None) -> Any:
@@ -78,6 +89,8 @@ def engine_config(args: argparse.Namespace, model: str | None) -> Any:
         overrides["voxel_size_m"] = args.voxel_size
     if getattr(args, "scene_yaw", None) is not None:
         overrides["scene_yaw"] = args.scene_yaw
+    if getattr(args, "caption_decoding", None) is not None:
+        overrides["caption_decoding"] = args.caption_decoding
     return EngineConfig(**overrides)
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from video3dllm_core.answer import CAPTION_DECODINGS
 from video3dllm_core.keyframes import PRESETS
 from video3dllm_core.proposals import ProposalConfig
 
-__all__ = ["EngineConfig", "EngineStats", "PROPOSAL_SOURCES", "SCENE_FRAME_MODES", "SCENE_YAW_MODES", "parse_dtype"]
+__all__ = ["CAPTION_DECODINGS", "EngineConfig", "EngineStats", "PROPOSAL_SOURCES", "SCENE_FRAME_MODES", "SCENE_YAW_MODES", "parse_dtype"]
 
 PROPOSAL_SOURCES = ("geometric", "external")
 SCENE_FRAME_MODES = ("estimate", "identity")
@@ -38,6 +39,12 @@ class EngineConfig:
         proposal_source: candidate boxes for grounding/captioning: "geometric" (propose_boxes on
             the fused keyframe points) or "external" (set_external_boxes).
         max_new_tokens: generation budget of qa / situated_qa / caption answers.
+        caption_decoding: how captions are decoded: "checkpoint" (what the checkpoint's
+            generation_config.json asks for under ``video3dllm_caption_decoding``; greedy, upstream's, when it
+            is silent, as real Video-3D LLM checkpoints are), "greedy", or "listener" (the speaker-listener
+            beam search of `model.listener_decoding`: the grounding head picks among the decoder's
+            plausible words; the checkpoint's settings, else the defaults). The embedded default model asks
+            for "listener" (docs/engine.md, "Captions").
         device, dtype, attn_implementation: for `SceneEngine.load` (None: the model's defaults,
             CPU float32 eager, CUDA bfloat16 flash-attn-2/sdpa). dtype is a torch dtype name.
         model_path: checkpoint folder for `SceneEngine.load`; None: the embedded default model
@@ -76,6 +83,7 @@ class EngineConfig:
     selection_hysteresis: float = 0.02
     proposal_source: str = "geometric"
     max_new_tokens: int = 64
+    caption_decoding: str = "checkpoint"
     device: str | None = None
     dtype: str | None = None
     attn_implementation: str | None = None
@@ -106,6 +114,8 @@ class EngineConfig:
         if self.proposal_source not in PROPOSAL_SOURCES:
             raise ValueError(f"EngineConfig.proposal_source must be one of {PROPOSAL_SOURCES}, got {self.proposal_source!r}")
         _positive_int("max_new_tokens", self.max_new_tokens)
+        if self.caption_decoding not in CAPTION_DECODINGS:
+            raise ValueError(f"EngineConfig.caption_decoding must be one of {CAPTION_DECODINGS}, got {self.caption_decoding!r}")
         if self.dtype is not None:
             parse_dtype(self.dtype)
         if self.scene_frame not in SCENE_FRAME_MODES:

@@ -37,6 +37,7 @@ from video3dllm_core.ingest import FrameIngestor, IngestConfig, IngestedFrame
 from video3dllm_core.keyframes import CoverageIndex
 from video3dllm_core.model import ObjectFeatures, Video3DLLM, VisualFeatures, VisualPrefix
 from video3dllm_core.model.grounding import select_multi3drefer, select_scanrefer
+from video3dllm_core.model.listener_decoding import resolve_caption_decoding
 from video3dllm_core.model.prompts import build_input_ids, human_turn
 from video3dllm_core.proposals import FusedPoints, Proposals, external_boxes, fuse_points, propose_boxes
 from video3dllm_core.scene import SceneFrame, estimate_wall_yaw, range_warnings
@@ -153,6 +154,10 @@ class SceneEngine:
         self._scene: SceneFrame | None = None
         self._scene_serial = 0
         self._cache_generation = 0
+        self._listener = resolve_caption_decoding(self.config.caption_decoding, getattr(model, "generation_config", None))
+        if self._listener is not None and getattr(model, "ground_head", None) is None:
+            raise ValueError(f"EngineConfig.caption_decoding={self.config.caption_decoding!r} decodes captions with the "
+                             "grounding head as listener, and this model has none; use caption_decoding='greedy'")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -458,13 +463,9 @@ class SceneEngine:
         except ValueError as exc:
             raise QueryError(str(exc)) from None
         ids = prompt.input_ids
-        head = tuple(ids[: ids.index(-200)])
         t = time.perf_counter()
-        prefix = state.prefixes.get(head)
-        if prefix is None:
-            reused = False
-            prefix = self.model.prefill_prefix(state.visual, ids)
-            state.prefixes[head] = prefix
+        prefix, filled = self._prefix(state, ids)
+        reused = reused and not filled
         timings["prefill_s"] = time.perf_counter() - t
 
         base = dict(question=question, task=name, cache_hit=reused, **ctx.base)
@@ -479,6 +480,27 @@ class SceneEngine:
         return answer
 
     # ------------------------------------------------------------------ per keyframe set
+    def _prefix(self, state: _SetState, ids: list[int]) -> tuple[VisualPrefix, bool]:
+        """The keyframe set's visual prefix for a prompt's system part (cached per part); True when filled now."""
+        assert state.visual is not None
+        head = tuple(ids[: ids.index(-200)])
+        prefix = state.prefixes.get(head)
+        if prefix is not None:
+            return prefix, False
+        prefix = self.model.prefill_prefix(state.visual, ids)
+        state.prefixes[head] = prefix
+        return prefix, True
+
+    def _object_features(self, state: _SetState, cands: _Candidates) -> ObjectFeatures:
+        """The model's features of the candidate boxes (cached per candidate set)."""
+        assert state.visual is not None
+        objects = state.objects.get(cands.cache_key)
+        if objects is None:
+            box_array = np.concatenate([cands.centers_scene, cands.sizes_scene], axis=1)
+            objects = self.model.object_features(state.visual, box_array)
+            state.objects[cands.cache_key] = objects
+        return objects
+
     def _keyframe_set(self, keyframes: _Keyframes) -> _SetState:
         state = self._set_state
         if state is not None and state.generation == keyframes.generation and state.frame_ids == keyframes.frame_ids:
@@ -599,16 +621,36 @@ class SceneEngine:
             f"answer cut at max_new_tokens={self.config.max_new_tokens} (no end-of-answer token yet)"]
         return text, warnings
 
+    def _caption_with_listener(self, ids: list[int], state: _SetState, prefix: VisualPrefix, cands: _Candidates,
+                               index: int, coord_xyz: np.ndarray, timings: dict[str, float]) -> tuple[str, list[str]]:
+        """The caption of candidate `index` by the speaker-listener search (EngineConfig.caption_decoding)."""
+        assert self._listener is not None and state.visual is not None
+        objects = self._object_features(state, cands)
+        t = time.perf_counter()
+        tokenizer, task = self.model.tokenizer, ENGINE_TASK_PROMPTS["ground"]
+
+        def listener_ids(text: str) -> list[int]:
+            return build_input_ids(tokenizer, task, human_turn(task, description=text),
+                                   newline_after_image=self.model.config.prompt_newline_after_image).input_ids
+
+        listener_prefix, _ = self._prefix(state, listener_ids("the object."))
+        merged = self.model.build_inputs_embeds(ids, state.visual, coord_xyz=coord_xyz)
+        out = self.model.generate_with_listener(merged, state.visual, objects, index, listener_ids, self._listener,
+                                                max_new_tokens=self.config.max_new_tokens, prefix=prefix,
+                                                listener_prefix=listener_prefix)
+        tokens = [t_ for t_ in out.token_ids if t_ not in self.model.eos_token_ids]
+        text = str(tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+        timings["decode_s"] = time.perf_counter() - t
+        warnings = [] if out.stopped_at_eos else [
+            f"caption cut at max_new_tokens={self.config.max_new_tokens} (no end-of-answer token yet)"]
+        return text, warnings
+
     def _ground(self, name: str, ids: list[int], state: _SetState, prefix: VisualPrefix, boxes: _Boxes | None,
                 timings: dict[str, float], warnings: list[str], base: dict[str, Any]) -> Answer:
         cands = self._candidates(state, boxes, timings)
         t = time.perf_counter()
         assert state.visual is not None
-        objects = state.objects.get(cands.cache_key)
-        if objects is None:
-            box_array = np.concatenate([cands.centers_scene, cands.sizes_scene], axis=1)
-            objects = self.model.object_features(state.visual, box_array)
-            state.objects[cands.cache_key] = objects
+        objects = self._object_features(state, cands)
         merged = self.model.build_inputs_embeds(ids, state.visual)
         scores = self.model.ground(merged, objects, prefix=prefix).scores.detach().float().cpu()
         if name == "ground":
@@ -643,13 +685,20 @@ class SceneEngine:
             warnings.append(f"{exc}; captioning at the target point itself")
         objects_out: tuple[GroundedObject, ...] = ()
         location = target_scene
+        index = None
         if cands is not None:
             index, distance = _box_for_point(cands.centers_scene, cands.sizes_scene, target_scene)
             location = cands.centers_scene[index]
             objects_out = (_grounded(cands, index, 1.0 if distance == 0.0 else 0.0),)
             if distance > 0.0:
                 warnings.append(f"no candidate box contains target_xyz; the nearest one ({distance:.2f} m away) is described")
-        text, more = self._generate(ids, state, prefix, np.asarray(location, dtype=np.float32), timings)
+        coord = np.asarray(location, dtype=np.float32)
+        if self._listener is not None and cands is not None and index is not None:
+            text, more = self._caption_with_listener(ids, state, prefix, cands, index, coord, timings)
+        else:
+            if self._listener is not None:
+                warnings.append("no candidate boxes for the grounding head to listen to; the caption is decoded greedily")
+            text, more = self._generate(ids, state, prefix, coord, timings)
         return Answer(text=text, objects=objects_out, warnings=tuple(warnings + more),
                       proposal_stamps_ns=cands.stamps_ns if cands is not None else (), **base)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, Video3DLLMConfig
 from .decoding import GenerationOutput, decode, greedy_continue, new_cache, repetition_processors
+from .listener_decoding import ListenerDecoding, listener_beam_search
 from .grounding import GroundingHead, GroundingOutput
 from .layout import MergedInputs, image_block, merge_sequence, pool_features, pooled_grid_size
 from .objects import ObjectFeatures, check_boxes, mean_selected_features, min_inside_points, patch_inside_counts
@@ -365,6 +367,52 @@ class Video3DLLM(nn.Module):
         out = self.run_decoder(merged, prefix)
         return greedy_continue(self.language_model, out.hidden[-1], out.cache, merged.length, max_new_tokens,
                                eos, repetition_processors(self.generation_config))
+
+    @torch.no_grad()
+    def generate_with_listener(self, merged: MergedInputs, visual: VisualFeatures, objects: ObjectFeatures,
+                               target_index: int, listener_input_ids: Callable[[str], Sequence[int]],
+                               settings: ListenerDecoding, max_new_tokens: int = 512, prefix: VisualPrefix | None = None,
+                               listener_prefix: VisualPrefix | None = None) -> GenerationOutput:
+        """A caption of ``objects``' box ``target_index`` by the speaker-listener beam search
+        (:mod:`.listener_decoding`): this decoder speaks from ``merged`` (the caption prompt, ``<coord>`` at
+        the box), this grounding head listens. ``listener_input_ids(text)`` is the grounding prompt that
+        asks for ``text`` as a description (ending in ``<ground>``); ``listener_prefix`` its visual prefix."""
+        if self.ground_head is None:
+            raise ValueError("listener decoding needs the grounding head; this checkpoint has none")
+        if self.tokenizer is None:
+            raise ValueError("listener decoding needs the model's tokenizer; load it with the checkpoint")
+        count = int(objects.features.shape[0])
+        if not 0 <= int(target_index) < count:
+            raise ValueError(f"target_index {target_index} outside the {count} candidate boxes")
+        eos = self.eos_token_ids
+        temperature = float(self.config.raw.get("ground_head_temperature", 0.07))
+        prompt = self.run_decoder(merged, prefix)  # the caption prompt's cache; each beam runs on it, then crops back
+        embed: Any = self.language_model.get_input_embeddings()
+        processors = repetition_processors(self.generation_config)  # as greedy decoding applies them
+        heard: dict[str, float] = {}
+
+        def speaker(tokens: list[int]) -> torch.Tensor:
+            hidden = prompt.hidden[-1]
+            if tokens:
+                ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+                hidden = decode(self.language_model, embed(ids), merged.length, prompt.cache)[-1]
+                prompt.cache.crop(-len(tokens))  # transformers 5: a negative count drops that many
+            logits = self.logits(hidden[None]).float()
+            if processors is not None:
+                logits = processors(torch.tensor([tokens], dtype=torch.long, device=self.device), logits)
+            return torch.log_softmax(logits[0], dim=-1)
+
+        def listener(tokens: list[int]) -> float:
+            text = str(self.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)).strip()
+            if not text:
+                return 0.0
+            if text not in heard:
+                ids = list(listener_input_ids(text))
+                scores = self.ground(self.build_inputs_embeds(ids, visual), objects, prefix=listener_prefix).scores
+                heard[text] = float(scores[int(target_index)]) / temperature
+            return heard[text]
+
+        return listener_beam_search(speaker, listener, settings, max_new_tokens, eos)
 
     def _beam_search(self, merged: MergedInputs, max_new_tokens: int, num_beams: int, eos: list[int]) -> GenerationOutput:
         from transformers import GenerationConfig
