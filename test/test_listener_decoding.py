@@ -36,9 +36,9 @@ def _toy(first: list[float], listener_values: dict[int, float]) -> tuple[Any, An
     def speaker(tokens: list[int]) -> torch.Tensor:
         return first_logp if not tokens else then
 
-    def listener(tokens: list[int]) -> float:
-        words = [t for t in tokens if t != EOS]
-        return listener_values[words[0]] if words else 0.0
+    def listener(candidates: list[list[int]]) -> list[float]:
+        words = [[t for t in tokens if t != EOS] for tokens in candidates]
+        return [listener_values[w[0]] if w else 0.0 for w in words]
 
     return speaker, listener
 
@@ -84,9 +84,9 @@ def test_matches_brute_force_over_every_caption(seed: int) -> None:
             return step1
         return step2[tokens[0]] if len(tokens) == 1 else step3
 
-    def listener(tokens: list[int]) -> float:
-        words = tuple(t for t in tokens if t != eos)
-        return values[words] if len(words) == 2 else 0.0  # one word: no opinion yet
+    def listener(candidates: list[list[int]]) -> list[float]:
+        words = [tuple(t for t in tokens if t != eos) for tokens in candidates]
+        return [values[w] if len(w) == 2 else 0.0 for w in words]  # one word: no opinion yet
 
     weight = 1.5
     want = max(values, key=lambda p: float(step1[p[0]] + step2[p[0]][p[1]]) + weight * values[p])
@@ -97,7 +97,7 @@ def test_matches_brute_force_over_every_caption(seed: int) -> None:
 
 def test_no_eos_within_the_budget_returns_the_best_live_caption() -> None:
     never_eos = torch.log_softmax(torch.tensor([1.0, 0.0, -1.0, -1e4]), 0)
-    out = listener_beam_search(lambda tokens: never_eos, lambda tokens: 0.0, ListenerDecoding(), 3, [EOS])
+    out = listener_beam_search(lambda tokens: never_eos, lambda cands: [0.0] * len(cands), ListenerDecoding(), 3, [EOS])
     assert out.token_ids == [0, 0, 0] and not out.stopped_at_eos
 
 
@@ -205,8 +205,29 @@ def test_speaker_and_listener_values_against_full_forwards(default_model: Any, s
         text = tok.decode(words, skip_special_tokens=True).strip()
         scores = model.ground(model.build_inputs_embeds(scene["listener_ids"](text), scene["visual"]), scene["objects"]).scores
     temperature = float(model.config.raw["ground_head_temperature"])
-    assert math.isclose(seen["listener"](words + model.eos_token_ids), float(scores[target]) / temperature, abs_tol=1e-3)
-    assert seen["listener"]([]) == 0.0
+    heard = seen["listener"]([words + model.eos_token_ids, [], words[:2]])
+    assert math.isclose(heard[0], float(scores[target]) / temperature, abs_tol=1e-3) and heard[1] == 0.0
+    assert seen["listener"]([words[:2]]) == [heard[2]]  # asked again: the same value
+
+
+def test_batched_grounding_equals_one_query_at_a_time(default_model: Any, scene: dict[str, Any]) -> None:
+    """ground_batch pads descriptions of different lengths on the right and repeats the prefix cache: each
+    result equals `ground` of that description alone, whatever the batch size."""
+    model = default_model
+    texts = ["the red chair.", "a green table next to the pink stool.", "all the objects within 2 metres of the door.",
+             "the box."]
+    merged = [model.build_inputs_embeds(scene["listener_ids"](t), scene["visual"]) for t in texts]
+    assert len({m.length for m in merged}) > 1
+    with torch.no_grad():
+        one_by_one = [model.ground(m, scene["objects"], prefix=scene["prefix"]).scores for m in merged]
+        for batch_size in (1, 3, 16):
+            for prefix in (scene["prefix"], None):
+                batched = model.ground_batch(merged, scene["objects"], prefix=prefix, batch_size=batch_size)
+                for got, want in zip(batched, one_by_one):
+                    torch.testing.assert_close(got.scores, want, rtol=0, atol=1e-4)
+        assert scene["prefix"].cache.get_seq_length() == scene["prefix"].length  # the prefix itself is untouched
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        model.ground_batch(merged, scene["objects"], batch_size=0)
 
 
 def test_generate_with_listener_checks_its_inputs(default_model: Any, scene: dict[str, Any]) -> None:

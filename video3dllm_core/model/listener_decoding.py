@@ -107,14 +107,15 @@ def resolve_caption_decoding(choice: str, generation_config: Any) -> ListenerDec
     return asked
 
 
-def listener_beam_search(speaker: Callable[[list[int]], torch.Tensor], listener: Callable[[list[int]], float],
-                         settings: ListenerDecoding, max_new_tokens: int,
-                         eos_token_ids: Iterable[int]) -> GenerationOutput:
+def listener_beam_search(speaker: Callable[[list[int]], torch.Tensor],
+                         listener: Callable[[list[list[int]]], list[float]], settings: ListenerDecoding,
+                         max_new_tokens: int, eos_token_ids: Iterable[int]) -> GenerationOutput:
     """The speaker-listener beam search of the module docstring.
 
     ``speaker(tokens)``: log-probabilities [vocab] of the next token after the generated ``tokens``;
-    ``listener(tokens)``: the listener's logit for the text of ``tokens`` (eos ids included; the
-    callable drops them). Returns the chosen tokens (with the eos id when it finished) and no step logits.
+    ``listener(candidates)``: the listener's logit for the text of each candidate token list (eos ids
+    included; the callable drops them), asked once per step for all of the step's candidates so that it
+    can batch them. Returns the chosen tokens (with the eos id when it finished) and no step logits.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -123,7 +124,7 @@ def listener_beam_search(speaker: Callable[[list[int]], torch.Tensor], listener:
     live: list[tuple[float, list[int], float]] = [(0.0, [], 0.0)]  # (score, tokens, summed speaker log-probability)
     finished: list[tuple[float, list[int]]] = []
     for _ in range(max_new_tokens):
-        pool: list[tuple[float, list[int], float]] = []
+        proposed: list[tuple[list[int], float]] = []  # (tokens, summed speaker log-probability)
         for _, tokens, speaker_lp in live:
             logp = speaker(tokens).float()
             top = torch.topk(logp, min(settings.top_k, int(logp.shape[-1])))
@@ -131,9 +132,9 @@ def listener_beam_search(speaker: Callable[[list[int]], torch.Tensor], listener:
             for lp, token in zip(values, indices):
                 if lp < values[0] + log_floor:
                     break
-                candidate = tokens + [int(token)]
-                total = speaker_lp + lp
-                pool.append((total + settings.listener_weight * listener(candidate), candidate, total))
+                proposed.append((tokens + [int(token)], speaker_lp + lp))
+        heard = listener([tokens for tokens, _ in proposed])
+        pool = [(total + settings.listener_weight * value, tokens, total) for (tokens, total), value in zip(proposed, heard)]
         pool.sort(key=lambda c: -c[0])
         live = []
         for entry in pool:  # best first, until the beams are full

@@ -402,15 +402,14 @@ class Video3DLLM(nn.Module):
                 logits = processors(torch.tensor([tokens], dtype=torch.long, device=self.device), logits)
             return torch.log_softmax(logits[0], dim=-1)
 
-        def listener(tokens: list[int]) -> float:
-            text = str(self.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)).strip()
-            if not text:
-                return 0.0
-            if text not in heard:
-                ids = list(listener_input_ids(text))
-                scores = self.ground(self.build_inputs_embeds(ids, visual), objects, prefix=listener_prefix).scores
-                heard[text] = float(scores[int(target_index)]) / temperature
-            return heard[text]
+        def listener(candidates: list[list[int]]) -> list[float]:
+            texts = [str(self.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)).strip()
+                     for tokens in candidates]
+            new = sorted({text for text in texts if text and text not in heard})
+            merged_new = [self.build_inputs_embeds(list(listener_input_ids(text)), visual) for text in new]
+            for text, result in zip(new, self.ground_batch(merged_new, objects, prefix=listener_prefix)):
+                heard[text] = float(result.scores[int(target_index)]) / temperature
+            return [heard[text] if text else 0.0 for text in texts]
 
         return listener_beam_search(speaker, listener, settings, max_new_tokens, eos)
 
@@ -511,6 +510,40 @@ class Video3DLLM(nn.Module):
         out = self.run_decoder(merged, prefix)
         hidden = out.hidden_at(position)[None]
         return self.ground_head(objects.features, hidden, **self.ground_inputs(merged, objects))
+
+    @torch.no_grad()
+    def ground_batch(self, merged: Sequence[MergedInputs], objects: ObjectFeatures, prefix: VisualPrefix | None = None,
+                     batch_size: int = 16) -> list[GroundingOutput]:
+        """``ground`` of several grounding prompts against the same candidates, their decoder runs batched
+        (``batch_size`` sequences at a time, right-padded: the causal decoder's ``<ground>`` states do not see
+        the padding; each batch repeats the prefix cache, so a long prefix wants a small batch)."""
+        if self.ground_head is None:
+            raise ValueError("this checkpoint has no grounding head (config ground_head_type is not 'infonce')")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        positions = [self.ground_position(m) for m in merged]
+        if prefix is not None:
+            for m in merged:
+                self._check_prefix(m, prefix)
+        start = 0 if prefix is None else prefix.length
+        decoder: Any = self.language_model.get_decoder()
+        out: list[GroundingOutput] = []
+        for first in range(0, len(merged), batch_size):
+            chunk = list(merged[first:first + batch_size])
+            suffixes = [m.embeds[start:] for m in chunk]
+            steps = max(int(x.shape[0]) for x in suffixes)
+            embeds = suffixes[0].new_zeros((len(chunk), steps, suffixes[0].shape[-1]))
+            for row, x in enumerate(suffixes):
+                embeds[row, : x.shape[0]] = x
+            cache = new_cache(self.language_model) if prefix is None else copy.deepcopy(prefix.cache)
+            if prefix is not None:
+                cache.batch_repeat_interleave(len(chunk))
+            position_ids = torch.arange(start, start + steps, device=embeds.device)[None].expand(len(chunk), -1)
+            hidden = decoder(inputs_embeds=embeds, position_ids=position_ids, cache=cache, use_cache=True).last_hidden_state
+            for row, m in enumerate(chunk):
+                at = hidden[row, positions[first + row] - start][None]
+                out.append(self.ground_head(objects.features, at, **self.ground_inputs(m, objects)))
+        return out
 
 
 def _fit_text_config_to_weights(config: Video3DLLMConfig, reader: WeightReader, embed_key: str,
