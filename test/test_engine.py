@@ -123,6 +123,12 @@ def test_bad_queries_are_error_answers_naming_the_problem(default_model: Video3D
     no_boxes = external.query("find the chair", task="ground")
     assert no_boxes.error is not None and no_boxes.error.startswith("no candidate boxes")
     assert "set_external_boxes" in no_boxes.error and no_boxes.keyframe_stamps_ns  # keyframes known by then
+    # a caption without candidates describes the point itself; the default model's listener has nothing to
+    # hear, so that caption is greedy (and says so)
+    blind = external.query("", task="caption", target_xyz=room[1][0].T_world_cam[:3, 3] + np.array([0.0, 1.0, -1.0]))
+    assert blind.ok and blind.text and not blind.objects
+    assert any("captioning at the target point itself" in w for w in blind.warnings)
+    assert any("the caption is decoded greedily" in w for w in blind.warnings)
     assert engine.stats().queries_failed == 6
 
 
