@@ -188,6 +188,7 @@ def main(checkpoint: str, install_site: str) -> dict:
     stamps = [convert.stamp_to_ns(t) for t in response.keyframe_stamps]
     assert response.keyframe_count == len(stamps) > 0 and set(stamps) <= set(summary.image_stamps_ns)
     assert list(response.proposal_stamps) == []  # external boxes: no frames fused for candidates
+    assert response.decoding == "greedy"  # an upstream-layout checkpoint (no caption key) decodes as upstream
     assert check_published_answer(response, markers, detections) == 1
 
     # --- grounding: one of the external boxes, on ~/markers and ~/detections (real vision_msgs type)

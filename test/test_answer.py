@@ -61,6 +61,8 @@ def test_round_trip_through_json() -> None:
     again = Answer.from_dict(json.loads(json.dumps(failed.to_dict())))
     _assert_same(failed, again)
     assert not again.ok
+    caption = Answer("Describe this.", "caption", text="a red box.", decoding="listener")
+    assert Answer.from_dict(json.loads(json.dumps(caption.to_dict()))).decoding == "listener"
 
 
 def test_replay_row_extras_are_ignored() -> None:

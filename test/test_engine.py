@@ -128,7 +128,7 @@ def test_bad_queries_are_error_answers_naming_the_problem(default_model: Video3D
     blind = external.query("", task="caption", target_xyz=room[1][0].T_world_cam[:3, 3] + np.array([0.0, 1.0, -1.0]))
     assert blind.ok and blind.text and not blind.objects
     assert any("captioning at the target point itself" in w for w in blind.warnings)
-    assert any("the caption is decoded greedily" in w for w in blind.warnings)
+    assert any("the caption is decoded greedily" in w for w in blind.warnings) and blind.decoding == "greedy"
     assert engine.stats().queries_failed == 6
 
 
@@ -519,6 +519,8 @@ def test_external_boxes_labels_and_caption_box(default_model: Video3DLLM, far_ro
     assert grounded.proposal_stamps_ns == ()  # no frames fused for external boxes
     caption = engine.query("", task="caption", target_xyz=truth[2, :3] + 0.01)
     assert caption.ok and len(caption.objects) == 1
+    assert caption.decoding == "listener" and grounded.decoding == ""  # the embedded model asks for the listener
+    assert engine.query("what is this?", task="qa").decoding == "greedy"
     assert caption.objects[0].proposal_index == 2 and caption.objects[0].label == labels[2]
     assert caption.objects[0].score == 1.0
     x, y, z = truth[2, :3] + 0.01

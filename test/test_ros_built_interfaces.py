@@ -94,6 +94,7 @@ def test_generated_types_have_the_declared_fields(installed: dict[str, Path]) ->
     assert response["objects"] == "sequence<video3dllm/GroundedObject>"
     assert response["keyframe_stamps"] == "sequence<builtin_interfaces/Time>"
     assert response["proposal_stamps"] == "sequence<builtin_interfaces/Time>"
+    assert response["decoding"] == "string"
     assert grounded == {"bbox": "vision_msgs/BoundingBox3D", "label": "string", "score": "float"}
 
 

@@ -6,6 +6,8 @@ are also decoded by rosbags, so both factories produce wire-identical messages.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import numpy as np
@@ -368,6 +370,10 @@ def test_query_response_fields_build_the_real_response_type() -> None:
     assert (b.center.position.x, b.center.position.y, b.center.position.z) == (1.0, 2.0, 0.5)
     assert (b.size.x, b.size.y, b.size.z) == pytest.approx((0.4, 0.6, 1.0))
     assert b.center.orientation.w == 1.0
+    assert msg.decoding == ""  # a grounding answer
+    caption = dataclasses.replace(ANSWER, task="caption", decoding="listener")
+    fields = convert.answer_to_query_fields(TS, caption, "map", STAMP, latency_s=0.25)
+    assert cdr_roundtrip(STORE, TS.new("video3dllm/msg/Query_Response", **fields)).decoding == "listener"
 
 
 def test_error_answer_becomes_unsuccessful_response() -> None:

@@ -58,6 +58,7 @@ def test_query_srv_parses_with_rosidl_adapter() -> None:
         "keyframe_stamps": "builtin_interfaces/Time[]",
         "coverage": "float32",
         "proposal_stamps": "builtin_interfaces/Time[]",
+        "decoding": "string",
         "latency_s": "float32",
     }
 

@@ -101,6 +101,9 @@ class Answer:
     # Grounding and captioning on geometric proposals: stamps of the frames the candidate boxes were fused
     # from (time order; the keyframes and more, EngineConfig.proposal_max_frames). Empty otherwise.
     proposal_stamps_ns: tuple[int, ...] = ()
+    # Text answers: how the text was decoded, "greedy" (the decoder alone) or "listener" (a caption by the
+    # speaker-listener search, EngineConfig.caption_decoding). "" for grounding and failed queries.
+    decoding: str = ""
 
     @property
     def ok(self) -> bool:
@@ -159,4 +162,5 @@ class Answer:
                              for i, o in enumerate(data.get("candidates") or ())),
             no_object_score=None if no_object is None else float(no_object),
             proposal_stamps_ns=tuple(int(t) for t in data.get("proposal_stamps_ns") or ()),
+            decoding=str(data.get("decoding") or ""),
         )

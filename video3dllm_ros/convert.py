@@ -387,6 +387,7 @@ def answer_to_query_fields(
         "keyframe_stamps": [time_msg(factory, s) for s in answer.keyframe_stamps_ns],
         "coverage": float(answer.coverage),
         "proposal_stamps": [time_msg(factory, s) for s in answer.proposal_stamps_ns],
+        "decoding": answer.decoding,
         "latency_s": float(latency_s),
     }
 

@@ -133,7 +133,8 @@ def print_answer(row: dict[str, Any], file: Any = None) -> None:
         + (f" (candidates from {len(fused)} frames)" if fused else "")
         + f", coverage {row['coverage']:.1%}, "
         f"{t['total_s'] * 1e3:.0f} ms (vision {t['vision_s'] * 1e3:.0f}, prefill {t['prefill_s'] * 1e3:.0f}, "
-        f"decode {t['decode_s'] * 1e3:.0f})",
+        f"decode {t['decode_s'] * 1e3:.0f}" + (" by the speaker-listener search" if row.get("decoding") == "listener" else "")
+        + ")",
         file=file,
     )
 

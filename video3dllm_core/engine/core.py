@@ -471,7 +471,7 @@ class SceneEngine:
         base = dict(question=question, task=name, cache_hit=reused, **ctx.base)
         if name in ("qa", "situated_qa"):
             text, more = self._generate(ids, state, prefix, None, timings)
-            answer = Answer(text=text, warnings=tuple(warnings + more), **base)  # type: ignore[arg-type]
+            answer = Answer(text=text, warnings=tuple(warnings + more), decoding="greedy", **base)  # type: ignore[arg-type]
         elif name in ("ground", "ground_multi"):
             answer = self._ground(name, ids, state, prefix, boxes, timings, warnings, base)
         else:
@@ -693,13 +693,15 @@ class SceneEngine:
             if distance > 0.0:
                 warnings.append(f"no candidate box contains target_xyz; the nearest one ({distance:.2f} m away) is described")
         coord = np.asarray(location, dtype=np.float32)
+        decoding = "greedy"
         if self._listener is not None and cands is not None and index is not None:
             text, more = self._caption_with_listener(ids, state, prefix, cands, index, coord, timings)
+            decoding = "listener"
         else:
             if self._listener is not None:
                 warnings.append("no candidate boxes for the grounding head to listen to; the caption is decoded greedily")
             text, more = self._generate(ids, state, prefix, coord, timings)
-        return Answer(text=text, objects=objects_out, warnings=tuple(warnings + more),
+        return Answer(text=text, objects=objects_out, warnings=tuple(warnings + more), decoding=decoding,
                       proposal_stamps_ns=cands.stamps_ns if cands is not None else (), **base)
 
 
