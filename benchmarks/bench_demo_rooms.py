@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import Counter
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     questions: list[str] = []
     for name, path, budget, split, panels, pf, yaw, decoding in runs:
         correct[name], per_room[name], proposals_ms[name], caption_ms[name] = Counter(), [], [], []
-        extra: dict[str, object] = {} if pf is None else {"proposal_max_frames": pf}
+        extra: dict[str, Any] = {} if pf is None else {"proposal_max_frames": pf}
         if decoding is not None:
             extra["caption_decoding"] = decoding
         engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget, **extra, scene_yaw=yaw,

@@ -149,7 +149,8 @@ def _train(model: Video3DLLM, train: tuple[dict[str, Any], list[dict[str, Any]]]
         opt.step()
         sched.step()
         if step % every == 0 or step == steps:
-            curve.append(_accuracy(model, *reversed(val), content_scale))
+            val_scenes, val_samples = val
+            curve.append(_accuracy(model, val_samples, val_scenes, content_scale))
     return curve
 
 

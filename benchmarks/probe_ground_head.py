@@ -105,10 +105,10 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
                                          np.stack([f.patch_world_coords for f in frames]))
             feats = model.object_features(visual, dataset.candidate_boxes(anns[0]))
             appearance = feats.before_pe.float().numpy()
-            position = feats.center_pe.float()
+            position_pe = feats.center_pe.float()
             if feats.size_embedding is not None:
-                position = position + feats.size_embedding.float()
-            position = position.numpy()
+                position_pe = position_pe + feats.size_embedding.float()
+            position = position_pe.numpy()
             seen = feats.patch_mask.reshape(len(appearance), -1).any(-1).numpy()
             prompts = [dataset.prompt(a) for a in anns]
             prefix = model.prefill_prefix(visual, prompts[0].input_ids)
@@ -116,6 +116,7 @@ def description_rows(model: Video3DLLM, bench: Path, split: str, frames_upbound:
                 merged = model.build_inputs_embeds(prompt.input_ids, visual)
                 decoded = model.run_decoder(merged, prefix)
                 ground_state = decoded.hidden_at(model.ground_position(merged))[None]
+                assert model.ground_head is not None  # checked when the model was loaded
                 own = model.ground_head(feats.features, ground_state, **model.ground_inputs(merged, feats)).scores
                 rows.append(Description(
                     scene_id=scene_id, question_type=str(ann.question_type), text=ann.human.splitlines()[-1],
