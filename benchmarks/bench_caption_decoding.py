@@ -35,7 +35,10 @@ def parse_setting(text: str) -> ListenerDecoding:
         key, sep, value = part.partition("=")
         if not sep:
             raise SystemExit(f"--setting {text!r}: expected NAME=VALUE pairs separated by commas")
-        values[key.strip()] = int(value) if key.strip() in ("beams", "top_k") else float(value)
+        try:
+            values[key.strip()] = int(value) if key.strip() in ("beams", "top_k") else float(value)
+        except ValueError:
+            raise SystemExit(f"--setting {text!r}: {key.strip()} needs a number, got {value!r}") from None
     try:
         return ListenerDecoding.from_dict(values)
     except (TypeError, ValueError) as exc:
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="listener settings NAME=VALUE,... (repeatable; default: a small grid around the shipped one)")
     p.add_argument("--out", default=None, help="answers folder (default: a temporary one)")
     args = p.parse_args(argv)
+    runs: list[tuple[str, ListenerDecoding | None]] = [("greedy", None)]
+    runs += [(text, parse_setting(text)) for text in (args.setting or DEFAULT_SETTINGS)]  # bad ones fail first
     import torch
 
     from video3dllm_core.default_model import DEFAULT_MODEL_DIR
@@ -62,8 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.model) if args.model else DEFAULT_MODEL_DIR
     model = Video3DLLM.from_pretrained(path, device="cpu", dtype=torch.float32)
     frames = int(model.config.raw.get("frames_upbound", 4))
-    runs: list[tuple[str, ListenerDecoding | None]] = [("greedy", None)]
-    runs += [(text, parse_setting(text)) for text in (args.setting or DEFAULT_SETTINGS)]
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_caption_decoding_"))
     meta = bench / "metadata"
     rows = []

@@ -197,11 +197,18 @@ def test_speaker_and_listener_values_against_full_forwards(default_model: Any, s
                                  prefix=scene["prefix"], listener_prefix=scene["prefix"])
     tok = model.tokenizer
     words = tok.encode(" a red chair next to the", add_special_tokens=False)
+    added = tok.get_added_vocab()  # never proposed but the end of the answer: a caption is words
+    banned = [added[t] for t in ("<coord>", "<ground>", "<image>", "<|im_start|>", "<|endoftext|>")]
+    assert model.eos_token_ids == [added["<|im_end|>"]]
     with torch.no_grad():
         for n in (0, 1, len(words)):  # repeated, so the cache is back at the prompt after every call
             full = model.build_inputs_embeds(list(scene["caption_ids"]) + words[:n], scene["visual"], coord_xyz=coord)
-            want = torch.log_softmax(model.logits(model.run_decoder(full).hidden[-1]).float(), dim=-1)
-            torch.testing.assert_close(seen["speaker"](words[:n]), want, rtol=0, atol=1e-4)
+            logits = model.logits(model.run_decoder(full).hidden[-1]).float()
+            logits[banned] = -torch.inf
+            want = torch.log_softmax(logits, dim=-1)
+            got = seen["speaker"](words[:n])
+            assert torch.isinf(got[banned]).all() and torch.isfinite(got[model.eos_token_ids]).all()
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
         text = tok.decode(words, skip_special_tokens=True).strip()
         scores = model.ground(model.build_inputs_embeds(scene["listener_ids"](text), scene["visual"]), scene["objects"]).scores
     temperature = float(model.config.raw["ground_head_temperature"])

@@ -376,7 +376,8 @@ class Video3DLLM(nn.Module):
         """A caption of ``objects``' box ``target_index`` by the speaker-listener beam search
         (:mod:`.listener_decoding`): this decoder speaks from ``merged`` (the caption prompt, ``<coord>`` at
         the box), this grounding head listens. ``listener_input_ids(text)`` is the grounding prompt that
-        asks for ``text`` as a description (ending in ``<ground>``); ``listener_prefix`` its visual prefix."""
+        asks for ``text`` as a description (ending in ``<ground>``); ``listener_prefix`` its visual prefix. The
+        speaker never proposes the tokenizer's added tokens other than the end of the answer."""
         if self.ground_head is None:
             raise ValueError("listener decoding needs the grounding head; this checkpoint has none")
         if self.tokenizer is None:
@@ -389,6 +390,10 @@ class Video3DLLM(nn.Module):
         prompt = self.run_decoder(merged, prefix)  # the caption prompt's cache; each beam runs on it, then crops back
         embed: Any = self.language_model.get_input_embeddings()
         processors = repetition_processors(self.generation_config)  # as greedy decoding applies them
+        vocab = int(self.language_model.get_output_embeddings().weight.shape[0])
+        # a caption is words: the tokenizer's added tokens (<coord>, <ground>, <image>, chat markers) are never
+        # proposed, except the end of the answer (a description holding them is no grounding prompt)
+        banned = sorted(i for i in set(self.tokenizer.get_added_vocab().values()) - set(eos) if 0 <= i < vocab)
         heard: dict[str, float] = {}
 
         def speaker(tokens: list[int]) -> torch.Tensor:
@@ -400,6 +405,7 @@ class Video3DLLM(nn.Module):
             logits = self.logits(hidden[None]).float()
             if processors is not None:
                 logits = processors(torch.tensor([tokens], dtype=torch.long, device=self.device), logits)
+            logits[:, banned] = -torch.inf
             return torch.log_softmax(logits[0], dim=-1)
 
         def listener(candidates: list[list[int]]) -> list[float]:
