@@ -227,7 +227,6 @@ def _answer_one(model: Video3DLLM, tokenizer: Any, ann: Annotation, prompt: Any,
     return record
 
 
-
 def listener_candidates(scene_boxes: np.ndarray | None, box_input: Sequence[float]) -> tuple[np.ndarray, int]:
     """The boxes a Scan2Cap caption's listener compares ([N, 6]) and the index of the input box among them:
     the scene's candidate boxes with the input box, which is appended unless one of them is it (within 1 mm)."""

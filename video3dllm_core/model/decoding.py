@@ -27,11 +27,15 @@ def new_cache(language_model: PreTrainedModel) -> DynamicCache:
 
 
 def decode(language_model: PreTrainedModel, embeds: torch.Tensor, start: int, cache: Any) -> torch.Tensor:
-    """Run [T, H] embeddings at positions start..start+T-1 on ``cache`` (extended in place) -> [T, H]."""
-    positions = torch.arange(start, start + embeds.shape[0], device=embeds.device)[None]
+    """Run [T, H] embeddings at positions start..start+T-1 on ``cache`` (extended in place) -> [T, H].
+
+    [B, T, H] runs B sequences at the same positions (the cache holds B rows) -> [B, T, H].
+    """
+    batch = embeds if embeds.dim() == 3 else embeds[None]
+    positions = torch.arange(start, start + batch.shape[1], device=embeds.device)[None].expand(batch.shape[0], -1)
     decoder: Any = language_model.get_decoder()
-    out = decoder(inputs_embeds=embeds[None], position_ids=positions, cache=cache, use_cache=True)
-    return out.last_hidden_state[0]
+    out = decoder(inputs_embeds=batch, position_ids=positions, cache=cache, use_cache=True)
+    return out.last_hidden_state if embeds.dim() == 3 else out.last_hidden_state[0]
 
 
 def repetition_processors(generation_config: Any) -> Any:

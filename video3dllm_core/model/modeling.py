@@ -510,19 +510,14 @@ class Video3DLLM(nn.Module):
                prefix: VisualPrefix | None = None) -> GroundingOutput:
         """Scores [N+1] of the candidates (last = "no object") for a grounding prompt: cosines, plus the
         attribute match when the model has one."""
-        if self.ground_head is None:
-            raise ValueError("this checkpoint has no grounding head (config ground_head_type is not 'infonce')")
-        position = self.ground_position(merged)
-        out = self.run_decoder(merged, prefix)
-        hidden = out.hidden_at(position)[None]
-        return self.ground_head(objects.features, hidden, **self.ground_inputs(merged, objects))
+        return self.ground_batch([merged], objects, prefix=prefix)[0]
 
     @torch.no_grad()
     def ground_batch(self, merged: Sequence[MergedInputs], objects: ObjectFeatures, prefix: VisualPrefix | None = None,
                      batch_size: int = 16) -> list[GroundingOutput]:
-        """``ground`` of several grounding prompts against the same candidates, their decoder runs batched
-        (``batch_size`` sequences at a time, right-padded: the causal decoder's ``<ground>`` states do not see
-        the padding; each batch repeats the prefix cache, so a long prefix wants a small batch)."""
+        """``ground`` of several grounding prompts against the same candidates (``ground`` is this for one), their
+        decoder runs batched (``batch_size`` sequences at a time, right-padded: the causal decoder's ``<ground>``
+        states do not see the padding; each batch repeats the prefix cache, so a long prefix wants a small batch)."""
         if self.ground_head is None:
             raise ValueError("this checkpoint has no grounding head (config ground_head_type is not 'infonce')")
         if batch_size < 1:
@@ -532,7 +527,6 @@ class Video3DLLM(nn.Module):
             for m in merged:
                 self._check_prefix(m, prefix)
         start = 0 if prefix is None else prefix.length
-        decoder: Any = self.language_model.get_decoder()
         out: list[GroundingOutput] = []
         for first in range(0, len(merged), batch_size):
             chunk = list(merged[first:first + batch_size])
@@ -544,8 +538,7 @@ class Video3DLLM(nn.Module):
             cache = new_cache(self.language_model) if prefix is None else copy.deepcopy(prefix.cache)
             if prefix is not None:
                 cache.batch_repeat_interleave(len(chunk))
-            position_ids = torch.arange(start, start + steps, device=embeds.device)[None].expand(len(chunk), -1)
-            hidden = decoder(inputs_embeds=embeds, position_ids=position_ids, cache=cache, use_cache=True).last_hidden_state
+            hidden = decode(self.language_model, embeds, start, cache)
             for row, m in enumerate(chunk):
                 at = hidden[row, positions[first + row] - start][None]
                 out.append(self.ground_head(objects.features, at, **self.ground_inputs(m, objects)))
