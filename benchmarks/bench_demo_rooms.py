@@ -12,6 +12,7 @@ number of correct answers per room. Pass several models to compare them on the s
         [--proposal-frames 0 --proposal-frames 16]   # candidates fused from the keyframes alone / 16 frames
         [--turn 30 --scene-yaw both]       # rooms turned in the map; scene frame along the walls / the map
         [--caption-decoding greedy --caption-decoding checkpoint]   # captions decoded greedily / as the model asks
+        [--record video3dllm_core/default_model/results.json]       # the embedded model's counts, for the slow test
 
 Without --model: the embedded default model. ~1 s per room on one core at 640x480.
 """
@@ -19,13 +20,16 @@ Without --model: the embedded default model. ~1 s per room on one core at 640x48
 from __future__ import annotations
 
 import argparse
+import json
 import os
-from collections import Counter
+import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from video3dllm_core.commands.demo import ask_demo_room, render_demo_room  # noqa: E402
+from video3dllm_core.commands.demo import DemoRoomsScore, render_demo_room, score_demo_rooms  # noqa: E402
 from video3dllm_core.engine import EngineConfig, SceneEngine  # noqa: E402
 from video3dllm_core.answer import CAPTION_DECODINGS  # noqa: E402
 from video3dllm_core.proposals import ProposalConfig  # noqa: E402
@@ -57,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--caption-decoding", action="append", choices=CAPTION_DECODINGS, default=None,
                    help="EngineConfig.caption_decoding (repeatable: one column each; default: the engine's, "
                         "'checkpoint')")
+    p.add_argument("--record", default=None, metavar="RESULTS_JSON",
+                   help="write the counts (one column only: the embedded model with the engine's defaults) into the "
+                        "'demo' block of this results.json (video3dllm_core/default_model/results.json is what the "
+                        "slow test reproduces)")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     models: list[tuple[str, str | None]] = [("default", None)]
     if args.model:
         models = [(name, path) for name, _, path in (spec.partition("=") for spec in args.model)]
@@ -81,47 +90,54 @@ def main(argv: list[str] | None = None) -> int:
         words += [] if decoding is None else [f"captions {decoding}"]
         return " ".join(words)
 
+    if args.record and (args.model or args.max_frames or args.stacked != "split" or args.panels != "on"
+                        or args.proposal_frames or args.turn or args.scene_yaw != "walls" or args.caption_decoding):
+        raise SystemExit("--record measures the embedded default model as `video3dllm demo` runs it: "
+                         "no --model, --max-frames, --stacked, --panels, --proposal-frames, --turn, --scene-yaw or "
+                         "--caption-decoding")
     runs = [(column(name, b, split, panels, pf, yaw, dec), path, b, split, panels, pf, yaw, dec)
             for name, path in models for b in budgets for split in splits for panels in panel_modes
             for pf in proposal_frames for yaw in yaws for dec in decodings]
-    rooms = [render_demo_room(seed, args.frames, args.width, args.height, args.turn) for seed in range(args.rooms)]
-    correct: dict[str, Counter[str]] = {}
-    per_room: dict[str, list[int]] = {}
-    proposals_ms: dict[str, list[float]] = {}  # per room: the slowest proposals stage (the one that computed them)
-    caption_ms: dict[str, list[float]] = {}  # per room: the caption's decode stage
-    questions: list[str] = []
+    seeds = list(range(args.rooms))
+    rooms = [render_demo_room(seed, args.frames, args.width, args.height, args.turn) for seed in seeds]
+    scores: dict[str, DemoRoomsScore] = {}
     for name, path, budget, split, panels, pf, yaw, decoding in runs:
-        correct[name], per_room[name], proposals_ms[name], caption_ms[name] = Counter(), [], [], []
         extra: dict[str, Any] = {} if pf is None else {"proposal_max_frames": pf}
         if decoding is not None:
             extra["caption_decoding"] = decoding
         engine = SceneEngine.load(EngineConfig(model_path=path, max_frames=budget, **extra, scene_yaw=yaw,
                                                proposal_config=ProposalConfig(split_stacked=split,
                                                                               propose_wall_panels=panels)))
-        for seed, (spec, frames) in enumerate(rooms):
-            engine.reset()  # a fresh scene for every room, one model load per model
-            _, rows = ask_demo_room(spec, frames, engine, seed, args.turn)
-            for row in rows:
-                key = f"Q{row['index']} {row['task']}"
-                if key not in questions:
-                    questions.append(key)
-                correct[name][key] += bool(row.get("correct"))
-            per_room[name].append(sum(bool(r.get("correct")) for r in rows))
-            proposals_ms[name].append(1000 * max((r.get("timings") or {}).get("proposals_s", 0.0) for r in rows))
-            caption_ms[name] += [1000 * (r.get("timings") or {}).get("decode_s", 0.0) for r in rows if r["task"] == "caption"]
+        scores[name] = score_demo_rooms(engine, seeds, args.frames, args.width, args.height, args.turn, rooms=rooms)
+    questions = list(next(iter(scores.values())).correct)
     print(f"demo questions answered correctly in {args.rooms} rooms (seeds 0..{args.rooms - 1}, "
           f"{args.frames} frames at {args.width}x{args.height}" + (f", turned {args.turn:g} deg" if args.turn else "") + ")")
-    print("| question | " + " | ".join(correct) + " |")
-    print("| --- |" + " --- |" * len(correct))
+    print("| question | " + " | ".join(scores) + " |")
+    print("| --- |" + " --- |" * len(scores))
     for key in questions:
-        print(f"| {key} | " + " | ".join(f"{correct[name][key]} / {args.rooms}" for name in correct) + " |")
-    print("| mean correct per room (of 8) | " + " | ".join(f"{sum(v) / len(v):.2f}" for v in per_room.values()) + " |")
-    print("| per room | " + " | ".join(" ".join(map(str, v)) for v in per_room.values()) + " |")
+        print(f"| {key} | " + " | ".join(f"{score.correct[key]} / {args.rooms}" for score in scores.values()) + " |")
+    print("| mean correct per room (of 8) | " + " | ".join(f"{score.mean:.2f}" for score in scores.values()) + " |")
+    print("| per room | " + " | ".join(" ".join(map(str, score.per_room)) for score in scores.values()) + " |")
     print("| proposals stage, mean of the slowest query per room (ms) | "
-          + " | ".join(f"{sum(v) / len(v):.0f}" for v in proposals_ms.values()) + " |")
+          + " | ".join(f"{sum(v) / len(v):.0f}" for v in (score.proposals_ms for score in scores.values())) + " |")
     print("| caption decode stage, mean (ms) | "
-          + " | ".join(f"{sum(v) / max(len(v), 1):.0f}" for v in caption_ms.values()) + " |")
+          + " | ".join(f"{sum(v) / max(len(v), 1):.0f}" for v in (score.caption_ms for score in scores.values())) + " |")
+    if args.record:
+        record(Path(args.record), args, next(iter(scores.values())))
+        print(f"recorded the demo's counts in {args.record}")
     return 0
+
+
+def record(path: Path, args: argparse.Namespace, score: DemoRoomsScore) -> None:
+    """Merge the counts into the "demo" block of a results.json (the embedded model's: what the slow test
+    `test_default_model_accuracy.py` reproduces and `video3dllm demo` quotes)."""
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    data["demo"] = {
+        "command": "python benchmarks/bench_demo_rooms.py " + " ".join(shlex.quote(a) for a in (args.argv or [])),
+        "seeds": score.seeds, "frames": args.frames, "width": args.width, "height": args.height, "turn_deg": args.turn,
+        "correct": score.correct, "per_room": score.per_room, "mean": round(score.mean, 4),
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

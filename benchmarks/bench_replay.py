@@ -9,7 +9,7 @@ topics, map/odom/base_link TF, `bag_writer.write_scene_bag`). In one process:
   (frames per second inside `engine.add_frame`), stream rate (decode + add_frame), then a set
   of queries of every task after the last frame, with latency per stage (p50 / p90 / max).
 
-The model is the embedded default (2.2 M parameters, trained on synthetic rooms) unless --model is given, so the query
+The model is the embedded default (2.6 M parameters, trained on synthetic rooms) unless --model is given, so the query
 latencies measure the pipeline around the model, not a 7B LLM (see bench_model.py for that).
 
     .venv/bin/python benchmarks/bench_replay.py            # 120 frames 640x480, prints markdown

@@ -69,3 +69,7 @@ $PY benchmarks/bench_default_model.py --benchmark "$B" --model default="$WORK/re
 # $PY -c 'import json,sys; p=sys.argv[1]; c=json.load(open(p)); c["video3dllm_caption_decoding"]={"mode": "listener",
 #   "beams": 4, "top_k": 20, "min_relative_prob": 0.05, "listener_weight": 1.0}; open(p,"w").write(json.dumps(c, indent=2)+"\n")' \
 #   video3dllm_core/default_model/generation_config.json
+
+# 6. the shipped model through `video3dllm demo` over ten rooms (its eight questions, the engine's own depth
+#    candidates), recorded in the shipped results.json: the slow test reproduces it, the demo quotes it
+# $PY benchmarks/bench_demo_rooms.py --rooms 10 --record video3dllm_core/default_model/results.json

@@ -5,15 +5,18 @@ No downloadable Video-3D LLM fits a package, so ``SceneEngine.load()``, ``video3
 model's architecture scaled down (``video3dllm_training.small_model``: Qwen2 decoder hidden 192 x 4
 layers, the parity fixture's SigLIP-layout tower with 2 kept layers, mlp2x_gelu projector, pooling
 stride 9, avg-discrete-sin3d position embedding, InfoNCE grounding head with object features that also
-carry the box size (``patch14-pe-size``); 2.2 M parameters, 8.8 MB of float32 safetensors), a
+carry the box size (``patch14-pe-size``), attribute and relation matches in the head; 2.6 M parameters,
+10.4 MB of float32 safetensors), a
 byte-level BPE tokenizer trained on the benchmark's text, and weights trained with ``video3dllm train``
 on CPU on the synthetic five-task benchmark (``training/recipes/default_model.sh`` reproduces it).
 
 It knows the benchmark's world only (rooms with a few coloured objects, the benchmark's phrasings).
-It has learned the answer formats, to find the described kind of object (not yet the spatial
-relations that pick one of several) and little beyond the language priors in its text answers. Its
-measured accuracy on held-out rooms, next to chance and to the ablation without 3D position
-embedding, is in ``results.json`` here and in docs/benchmarks.md. For real scenes, point
+Its grounding head finds the described object (colour, label, size, and relations to a landmark such as
+"closest to the door"); its decoder does not read the video, so its short answers are language priors
+and its captions are chosen by the grounding head among the decoder's words (docs/engine.md, "Captions").
+Its measured accuracy on held-out rooms, next to chance and to the ablation without 3D position
+embedding, and how often `video3dllm demo` is right over ten rooms, are in ``results.json`` here and in
+docs/benchmarks.md. For real scenes, point
 ``EngineConfig.model_path`` at a real Video-3D LLM checkpoint.
 
 The folder is an ordinary upstream-layout checkpoint (config.json, model.safetensors, the tower's
@@ -32,7 +35,7 @@ import torch
 
 from video3dllm_core.model.modeling import Video3DLLM
 
-__all__ = ["DEFAULT_MODEL_DIR", "load_default_model", "default_model_results", "random_init_"]
+__all__ = ["DEFAULT_MODEL_DIR", "load_default_model", "default_model_results", "default_model_parameters", "random_init_"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent
 """The checkpoint folder (config.json, model.safetensors, tokenizer, results.json)."""
@@ -90,3 +93,11 @@ def load_default_model(device: str | torch.device | None = None, dtype: torch.dt
 def default_model_results() -> dict[str, Any]:
     """``results.json``: how the model was made (benchmark, training command) and its recorded accuracy."""
     return dict(json.loads((DEFAULT_MODEL_DIR / "results.json").read_text(encoding="utf-8")))
+
+
+def default_model_parameters() -> int:
+    """Number of parameters in the shipped model.safetensors (read from its header; no weights are loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(DEFAULT_MODEL_DIR / "model.safetensors"), framework="pt") as f:
+        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
