@@ -231,6 +231,11 @@ def test_demo_answers_every_task_next_to_the_truth_and_writes_the_report(
             assert row["correct"] == (row["text"].strip().rstrip(".").lower() == row["expected_text"].lower())
     caption = rows[7]
     assert caption["task"] == "caption" and caption["target"] == pytest.approx(caption["ground_truth"][0]["center_xyz"])
+    reference = anns[Task.SCAN2CAP][0]  # the room's first caption: its other references are accepted too, and shown
+    assert caption["expected_text"] == reference["conversations"][1]["value"] == "a yellow bed next to the chair."
+    assert caption["also_accepted"] == ["a yellow bed."] == [a for a in reference["annotations"] if a != caption["expected_text"]]
+    assert "expected: 'a yellow bed next to the chair.' (also accepted: 'a yellow bed.')" in text
+    assert all(r["also_accepted"] == [] for r in rows if r["task"] in ("qa", "situated_qa"))
     correct = sum(bool(r["correct"]) for r in rows)
     assert f"{correct} of 8 answers correct" in text
 

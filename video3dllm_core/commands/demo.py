@@ -169,7 +169,8 @@ def answer_words(text: str) -> str:
 
 
 def add_truth(row: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
-    """The answers.jsonl row with `ground_truth` boxes, `expected_text`, each object's best IoU and `correct`.
+    """The answers.jsonl row with `ground_truth` boxes, `expected_text` (and `also_accepted`: a caption's other
+    references), each object's best IoU and `correct`.
 
     `correct`: grounding and captioning: every predicted box has IoU >= CORRECT_IOU with a true box and
     every true box is found (for one target: the chosen box is right); text answers: the words equal
@@ -183,6 +184,9 @@ def add_truth(row: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
     boxes = truth.get("boxes", [])
     row["ground_truth"] = boxes
     row["expected_text"] = truth.get("text")
+    if truth.get("text") is not None:  # the other references a caption may match (the benchmark's annotations)
+        row["also_accepted"] = [t for t in dict.fromkeys(truth.get("alternatives", []))
+                                if answer_words(t) != answer_words(truth["text"])]
     checks: list[bool] = []
     if boxes and row.get("task") != "caption":
         gt = np.array([b["center_xyz"] + b["size_xyz"] for b in boxes], dtype=np.float64)
@@ -209,7 +213,8 @@ def _print_row(row: dict[str, Any]) -> None:
         c, s = gt["center_xyz"], gt["size_xyz"]
         print(f"   truth: {gt['label']} centre ({c[0]:.2f}, {c[1]:.2f}, {c[2]:.2f}) size ({s[0]:.2f}, {s[1]:.2f}, {s[2]:.2f})")
     if row.get("expected_text"):
-        print(f"   expected: {row['expected_text']!r}")
+        also = row.get("also_accepted") or []
+        print(f"   expected: {row['expected_text']!r}" + (f" (also accepted: {', '.join(map(repr, also))})" if also else ""))
     if row.get("correct") is not None:
         print(f"   -> {'CORRECT' if row['correct'] else 'WRONG'}")
 
