@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     print("| mean correct per room (of 8) | " + " | ".join(f"{score.mean:.2f}" for score in scores.values()) + " |")
     print("| per room | " + " | ".join(" ".join(map(str, score.per_room)) for score in scores.values()) + " |")
     print("| proposals stage, mean of the slowest query per room (ms) | "
-          + " | ".join(f"{sum(v) / len(v):.0f}" for v in (score.proposals_ms for score in scores.values())) + " |")
+          + " | ".join(f"{sum(score.proposals_ms) / len(score.proposals_ms):.0f}" for score in scores.values()) + " |")
     print("| caption decode stage, mean (ms) | "
-          + " | ".join(f"{sum(v) / max(len(v), 1):.0f}" for v in (score.caption_ms for score in scores.values())) + " |")
+          + " | ".join(f"{sum(score.caption_ms) / max(len(score.caption_ms), 1):.0f}" for score in scores.values()) + " |")
     if args.record:
         record(Path(args.record), args, next(iter(scores.values())))
         print(f"recorded the demo's counts in {args.record}")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from video3dllm_core.default_model import DEFAULT_MODEL_DIR, default_model_results, load_default_model, random_init_
+from video3dllm_core.default_model import (DEFAULT_MODEL_DIR, default_model_parameters, default_model_results,
+                                          load_default_model, random_init_)
 from video3dllm_core.engine import EngineConfig, SceneEngine
 from video3dllm_core.model import CheckpointError, Video3DLLM, Video3DLLMConfig
 from video3dllm_core.model.checkpoint import save_checkpoint
@@ -37,6 +38,8 @@ def test_default_model_is_the_shipped_trained_checkpoint() -> None:
     stored = load_file(str(DEFAULT_MODEL_DIR / "model.safetensors"))
     assert torch.equal(stored["model.embed_tokens.weight"], first.state_dict()["language_model.model.embed_tokens.weight"])
     assert first.config.mm_spatial_pool_stride == 9 and first.config.uses_position_embedding
+    # the count the demo's NOTE prints, read from the file's header, is the loaded model's
+    assert default_model_parameters() == sum(p.numel() for p in first.parameters()) == 2_595_078
     wide = load_default_model(device="cpu", dtype=torch.float64)
     assert wide.dtype == torch.float64 and torch.equal(wide.image_newline, first.image_newline.double())
     results = default_model_results()

@@ -97,7 +97,7 @@ def default_model_results() -> dict[str, Any]:
 
 def default_model_parameters() -> int:
     """Number of parameters in the shipped model.safetensors (read from its header; no weights are loaded)."""
-    from safetensors import safe_open
+    from video3dllm_core.model.checkpoint import WeightReader
 
-    with safe_open(str(DEFAULT_MODEL_DIR / "model.safetensors"), framework="pt") as f:
-        return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    with WeightReader([DEFAULT_MODEL_DIR / "model.safetensors"]) as reader:
+        return sum(math.prod(reader.shape(key)) for key in reader.keys())
